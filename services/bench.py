@@ -1,0 +1,31 @@
+"""`pilot-commit bench <name>`: dispatch to the benchmark that owns each figure.
+
+Benchmarks print tables and, with `--json PATH`, write one JSON object; each compares
+against a baseline measured in the same run. They are not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "allocator": ("services.allocator.bench", "plan/results latency and Redis memory at scale"),
+    "verifier": ("services.verifier.bench", "scoring throughput vs math-verify in-process"),
+    "generation": ("services.generation.bench", "server tokens/s vs in-process generate"),
+    "efficiency": ("trainer.bench_efficiency", "rollouts to target: GRPO, DAPO, Pilot-Commit"),
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: pilot-commit bench <name> [args...]\n\nbenchmarks:")
+        for name, (_, helptext) in BENCHES.items():
+            print(f"  {name:<11} {helptext}")
+        return 0
+    if argv[0] not in BENCHES:
+        print(f"pilot-commit bench: unknown benchmark {argv[0]!r}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHES[argv[0]][0])
+    result: int = module.main(argv[1:])
+    return result

@@ -1,0 +1,48 @@
+"""The `pilot-commit` console script: one subcommand per process.
+
+Each subcommand lives in the package that owns it and is imported only when it is run, so
+`pilot-commit allocator serve` never imports torch and `pilot-commit --help` is instant.
+A subcommand module exposes `main(argv: list[str]) -> int`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with `main(argv)`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "allocator": ("services.allocator.cli", "the allocation service (serve)"),
+    "verifier": ("services.verifier.cli", "the reward service (serve)"),
+    "generation": ("services.generation.cli", "the embedded OpenAI-compatible generation server"),
+    "tiny": ("trainer.tiny.cli", "build the tiny model and arithmetic task for CPU runs"),
+    "up": ("trainer.stack", "start Redis and every service locally until Ctrl-C"),
+    "train": ("trainer.cli", "run RL training from a TOML config"),
+    "bench": ("services.bench", "benchmarks: allocator, verifier, generation, efficiency"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: pilot-commit <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {helptext}" for name, (_, helptext) in COMMANDS.items()]
+    lines += ["", "Run `pilot-commit <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"pilot-commit: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

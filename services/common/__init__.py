@@ -1,0 +1,1 @@
+"""Pieces every service and client shares: process control, HTTP retries, metrics."""

