@@ -1,0 +1,224 @@
+"""The allocator's HTTP API (FastAPI). Routes are thin: validate, call the store, answer.
+
+Errors are translated once, here: unknown ids 404, state conflicts 409, malformed input
+422, oversized bodies 413, a missing or wrong token 401, Redis unreachable 503 (the
+client reconnects by itself on the next request once Redis is back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.allocator import models as m
+from services.allocator.core import AllocationError
+from services.allocator.settings import AllocatorSettings, get_settings
+from services.allocator.store import AllocatorStore, Conflict, Invalid, NotFound
+from services.common.metrics import instrument
+
+RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_store(request: Request) -> AllocatorStore:
+    store: AllocatorStore = request.app.state.store
+    return store
+
+
+Store = Annotated[AllocatorStore, Depends(get_store)]
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    token = request.app.state.settings.token
+    if token and (credentials is None or credentials.credentials != token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Mutating = [Depends(require_token)]
+
+
+def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+        )
+        app.state.redis = redis
+        app.state.store = AllocatorStore(redis, ttl_s=settings.ttl_s)
+        yield
+        await redis.aclose()
+
+    app = FastAPI(
+        title="Pilot-Commit allocator",
+        version="0.1.0",
+        description="Decides which prompts to pilot, commit, defer and evict; state in Redis.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    registry = CollectorRegistry()
+    instrument(app, "allocator", registry)
+    app.state.rewards_total = Counter("allocator_rewards", "Rewards ingested.", registry=registry)
+    _add_error_handlers(app)
+    _add_body_limit(app, settings.max_body_bytes)
+    _add_routes(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        return handle
+
+    app.add_exception_handler(NotFound, handler(404))
+    app.add_exception_handler(Conflict, handler(409))
+    app.add_exception_handler(AllocationError, handler(409))
+    app.add_exception_handler(Invalid, handler(422))
+
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+
+    app.add_exception_handler(RedisConnectionError, redis_down)
+    app.add_exception_handler(RedisTimeoutError, redis_down)
+
+
+def _add_body_limit(app: FastAPI, limit: int) -> None:
+    @app.middleware("http")
+    async def body_limit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes exceeds the limit of {limit}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/health", response_model=m.Health, tags=["ops"])
+    async def health() -> m.Health:
+        """The process is up (does not touch Redis)."""
+        return m.Health()
+
+    @app.get("/ready", response_model=m.Ready, tags=["ops"])
+    async def ready(request: Request) -> m.Ready:
+        """Redis answers PING; 503 otherwise."""
+        await request.app.state.redis.ping()
+        return m.Ready(redis="ok")
+
+    @app.get("/v1/runs", response_model=list[str], tags=["runs"])
+    async def list_runs(store: Store) -> list[str]:
+        return await store.list_runs()
+
+    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, dependencies=Mutating, tags=["runs"])
+    async def create_run(run_id: RunId, spec: m.RunSpec, store: Store) -> m.RunCreated:
+        """Create a run; repeating it with the same spec is a no-op, another spec is 409."""
+        _, created = await store.create_run(run_id, spec)
+        return m.RunCreated(created=created, run=await store.summary(run_id))
+
+    @app.get("/v1/runs/{run_id}", response_model=m.RunSummary, tags=["runs"])
+    async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
+        return await store.summary(run_id)
+
+    @app.delete("/v1/runs/{run_id}", dependencies=Mutating, tags=["runs"])
+    async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
+        return {"deleted_keys": await store.delete_run(run_id)}
+
+    @app.post(
+        "/v1/runs/{run_id}/plan", response_model=m.Plan, dependencies=Mutating, tags=["rounds"]
+    )
+    async def plan(run_id: RunId, body: m.PlanRequest, store: Store) -> m.Plan:
+        """Plan the next round (pilot + commit items under one plan id)."""
+        return await store.plan(run_id, body.request_id)
+
+    @app.post(
+        "/v1/runs/{run_id}/plans/{plan_id}/results",
+        response_model=m.ResultsResponse,
+        dependencies=Mutating,
+        tags=["rounds"],
+    )
+    async def results(
+        run_id: RunId, plan_id: str, body: m.ResultsRequest, store: Store, request: Request
+    ) -> m.ResultsResponse:
+        """Report a plan's rewards; idempotent by plan id."""
+        answer = await store.report(run_id, plan_id, body.rewards)
+        request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
+        return answer
+
+    @app.post(
+        "/v1/runs/{run_id}/plans/{plan_id}/abandon",
+        response_model=m.Plan,
+        dependencies=Mutating,
+        tags=["rounds"],
+    )
+    async def abandon(run_id: RunId, plan_id: str, store: Store) -> m.Plan:
+        """Close an open plan without results (e.g. after a trainer crash)."""
+        return await store.abandon(run_id, plan_id)
+
+    @app.post(
+        "/v1/runs/{run_id}/steps/{step}/complete",
+        response_model=m.StepCompleteResponse,
+        dependencies=Mutating,
+        tags=["rounds"],
+    )
+    async def complete_step(run_id: RunId, step: int, store: Store) -> m.StepCompleteResponse:
+        """After the optimiser step: expire old buffer entries and move to the next step."""
+        return await store.complete_step(run_id, step)
+
+    @app.post(
+        "/v1/runs/{run_id}/epoch/complete",
+        response_model=m.EpochCompleteResponse,
+        dependencies=Mutating,
+        tags=["rounds"],
+    )
+    async def complete_epoch(run_id: RunId, store: Store) -> m.EpochCompleteResponse:
+        """End the epoch now: apply pending evictions, flush the buffer, reshuffle."""
+        return await store.complete_epoch(run_id)
+
+    @app.get(
+        "/v1/runs/{run_id}/prompts/{prompt_id}", response_model=m.PromptStatsOut, tags=["prompts"]
+    )
+    async def prompt(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+        return await store.prompt(run_id, prompt_id)
+
+    @app.post(
+        "/v1/runs/{run_id}/prompts/{prompt_id}/evict",
+        response_model=m.PromptStatsOut,
+        dependencies=Mutating,
+        tags=["prompts"],
+    )
+    async def evict(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+        return await store.set_evicted(run_id, prompt_id, True)
+
+    @app.post(
+        "/v1/runs/{run_id}/prompts/{prompt_id}/restore",
+        response_model=m.PromptStatsOut,
+        dependencies=Mutating,
+        tags=["prompts"],
+    )
+    async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+        return await store.set_evicted(run_id, prompt_id, False)

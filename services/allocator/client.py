@@ -1,0 +1,116 @@
+"""Typed async client of the allocator, parsing answers with the service's own models.
+
+Every state-changing call is idempotent on the server (plan by request id, results by
+plan id, step completion by step), so the retries here never count anything twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from services.allocator import models as m
+from services.common.http import RetryPolicy, request
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class AllocatorClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers)
+        self.timeout = timeout
+        self.policy = policy or RetryPolicy()
+
+    async def __aenter__(self) -> AllocatorClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, model: type[M], method: str, path: str, body: Any = None) -> M:
+        response = await request(
+            self._http,
+            "allocator",
+            method,
+            path,
+            policy=self.policy,
+            timeout=self.timeout,
+            json=body,
+        )
+        return model.model_validate_json(response.content)
+
+    async def health(self) -> m.Health:
+        return await self._call(m.Health, "GET", "/health")
+
+    async def ready(self) -> m.Ready:
+        return await self._call(m.Ready, "GET", "/ready")
+
+    async def create_run(self, run_id: str, spec: m.RunSpec) -> m.RunCreated:
+        return await self._call(
+            m.RunCreated, "PUT", f"/v1/runs/{run_id}", spec.model_dump(mode="json")
+        )
+
+    async def summary(self, run_id: str) -> m.RunSummary:
+        return await self._call(m.RunSummary, "GET", f"/v1/runs/{run_id}")
+
+    async def plan(self, run_id: str, request_id: str | None = None) -> m.Plan:
+        """Plan the next round; the request id (fresh by default) makes retries safe."""
+        body = m.PlanRequest(request_id=request_id or uuid.uuid4().hex)
+        return await self._call(m.Plan, "POST", f"/v1/runs/{run_id}/plan", body.model_dump())
+
+    async def report(
+        self, run_id: str, plan_id: str, rewards: list[list[float]]
+    ) -> m.ResultsResponse:
+        return await self._call(
+            m.ResultsResponse,
+            "POST",
+            f"/v1/runs/{run_id}/plans/{plan_id}/results",
+            {"rewards": rewards},
+        )
+
+    async def abandon(self, run_id: str, plan_id: str) -> m.Plan:
+        return await self._call(m.Plan, "POST", f"/v1/runs/{run_id}/plans/{plan_id}/abandon")
+
+    async def complete_step(self, run_id: str, step: int) -> m.StepCompleteResponse:
+        return await self._call(
+            m.StepCompleteResponse, "POST", f"/v1/runs/{run_id}/steps/{step}/complete"
+        )
+
+    async def complete_epoch(self, run_id: str) -> m.EpochCompleteResponse:
+        return await self._call(
+            m.EpochCompleteResponse, "POST", f"/v1/runs/{run_id}/epoch/complete"
+        )
+
+    async def prompt(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
+        return await self._call(m.PromptStatsOut, "GET", f"/v1/runs/{run_id}/prompts/{prompt_id}")
+
+    async def evict(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
+        return await self._call(
+            m.PromptStatsOut, "POST", f"/v1/runs/{run_id}/prompts/{prompt_id}/evict"
+        )
+
+    async def restore(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
+        return await self._call(
+            m.PromptStatsOut, "POST", f"/v1/runs/{run_id}/prompts/{prompt_id}/restore"
+        )

@@ -1,0 +1,186 @@
+"""Wire types of the allocator API, shared by the service and its client."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.allocator.core import Role
+from services.allocator.strategies import config_models
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+if TYPE_CHECKING:
+    from services.allocator.core import StrategyConfig as AnyStrategyConfig
+else:
+    # Every registered strategy's config, told apart by its `strategy` field.
+    AnyStrategyConfig = Annotated[
+        Union[tuple(config_models())],  # noqa: UP007
+        Field(discriminator="strategy"),
+    ]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSpec(_Model):
+    """What a run allocates over: prompt ids 0..num_prompts-1 of the trainer's dataset."""
+
+    num_prompts: int = Field(
+        ge=1, le=2**31 - 1, description="Prompts in the dataset; their ids are 0..num_prompts-1."
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds the epoch order and sampling.")
+    config: AnyStrategyConfig = Field(description="The strategy and its parameters.")
+
+
+class PlanRequest(_Model):
+    request_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Idempotency key chosen by the caller: a retried request with the same "
+        "key returns the same plan instead of planning again.",
+    )
+
+
+class PlanItemOut(_Model):
+    prompt_id: int = Field(description="Dataset index of the prompt.")
+    role: Role = Field(
+        description="`pilot`: estimate the pass rate; `commit`: fresh rollouts for a prompt "
+        "that passed its pilot earlier; `full`: a whole group used as is."
+    )
+    n: int = Field(description="Rollouts to generate for this prompt.")
+    reuse: list[int] = Field(
+        default_factory=list,
+        description="For `commit`: indices of the prompt's stored pilot rollouts that join "
+        "the train group.",
+    )
+
+
+class Plan(_Model):
+    run_id: str
+    plan_id: str = Field(description="Report this plan's rewards under this id.")
+    step: int
+    epoch: int
+    round: int = Field(description="Round within the step, from 0.")
+    items: list[PlanItemOut] = Field(description="Pilot, commit and full items of one round.")
+    rollouts: int = Field(description="Total rollouts the plan asks for.")
+    group_size: int = Field(description="Rollouts in one train group (G).")
+    dropped_from_buffer: list[int] = Field(
+        default_factory=list,
+        description="Prompts whose stored pilot rollouts the trainer may drop (the buffer was "
+        "flushed at an epoch boundary while planning).",
+    )
+
+
+def _check_rewards(groups: list[list[float]]) -> list[list[float]]:
+    for i, group in enumerate(groups):
+        for j, reward in enumerate(group):
+            if not (math.isfinite(reward) and 0.0 <= reward <= 1.0):
+                raise ValueError(f"rewards[{i}][{j}] = {reward!r} is not a number in [0, 1]")
+    return groups
+
+
+class ResultsRequest(_Model):
+    rewards: list[list[float]] = Field(
+        description="One list per plan item, in plan order, with exactly `n` rewards in [0, 1]."
+    )
+
+    _valid = field_validator("rewards")(_check_rewards)
+
+
+class GateOut(_Model):
+    prompt_id: int
+    role: Role
+    outcome: str = Field(
+        description="pass | too_easy | too_hard | trained | surplus: what the round did with "
+        "this prompt's group."
+    )
+
+
+class TrainGroupOut(_Model):
+    prompt_id: int
+    role: Role = Field(
+        description="`commit`: the group is the stored pilot rollouts listed in `reuse` plus "
+        "this plan's rollouts; `full`: this plan's rollouts."
+    )
+    reuse: list[int] = Field(default_factory=list)
+
+
+class ResultsResponse(_Model):
+    plan_id: str
+    step: int
+    gates: list[GateOut] = Field(description="Per plan item, in plan order.")
+    train: list[TrainGroupOut] = Field(description="Groups this round adds to the train batch.")
+    buffered: list[int] = Field(description="Piloted prompts that entered the replay buffer.")
+    committed: int = Field(description="Groups in the step's train batch so far.")
+    train_batch_size: int
+    batch_complete: bool = Field(
+        description="True: train, then complete the step. False: plan another round."
+    )
+
+
+class StepCompleteResponse(_Model):
+    step_completed: int
+    step: int = Field(description="The run's current step after completion.")
+    epoch: int
+    expired: list[int] = Field(
+        description="Buffered prompts that expired; the trainer may drop their pilot rollouts."
+    )
+
+
+class EpochCompleteResponse(_Model):
+    epoch: int = Field(description="The new epoch.")
+    evicted: list[int] = Field(description="Prompts evicted at this epoch end.")
+    flushed: list[int] = Field(description="Prompts dropped from the buffer.")
+
+
+class PromptStatsOut(_Model):
+    prompt_id: int
+    status: str = Field(description="active | deferred | easy | buffered | evict_pending | evicted")
+    last_outcome: str
+    rollouts: int = Field(description="Lifetime rollouts reported for this prompt.")
+    successes: int = Field(description="Lifetime rollouts with reward >= success_threshold.")
+    reward_mean: float | None
+    pilot_pass_rate: float | None = Field(description="Pass rate of the latest pilot.")
+    pilot_std: float | None = Field(description="Reward std of the latest pilot.")
+    last_step: int = Field(description="Step of the latest reported group; -1 if never.")
+    all_correct_streak: int
+    all_wrong_streak: int
+    strategy_state: dict[str, float] = Field(
+        default_factory=dict, description="Strategy-owned values (e.g. a posterior)."
+    )
+
+
+class RunSummary(_Model):
+    run_id: str
+    spec: RunSpec
+    step: int
+    epoch: int
+    cursor: int
+    round: int
+    committed: int
+    open_plan: str | None
+    buffer_size: int
+    evict_pending: int
+    counters: dict[str, int] = Field(
+        description="Cumulative counts: rollouts_pilot / rollouts_commit / rollouts_full, "
+        "gate_pass / gate_too_easy / gate_too_hard / gate_surplus, groups_trained, evicted, "
+        "expired, flushed, steps_completed, epochs_completed."
+    )
+
+
+class RunCreated(_Model):
+    created: bool = Field(description="False when an identical run already existed.")
+    run: RunSummary
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(_Model):
+    status: Literal["ready"] = "ready"
+    redis: str

@@ -1,0 +1,610 @@
+"""A run's state in Redis, read and written around the pure strategies.
+
+Concurrency: every mutation runs as an optimistic transaction. It WATCHes the run's
+state hash, reads what it needs, lets the strategy decide, and writes everything in one
+MULTI/EXEC that also bumps `state.version`. If any other replica mutated the run in
+between, EXEC fails and the mutation is retried from fresh reads, so two allocator
+replicas can never hand out the same cursor position or buffer entry twice.
+
+Idempotency: plans are keyed by the caller's request id, results by plan id (with a
+digest of the rewards), step completion by step number; a retry returns the stored
+answer and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from services.allocator import models as m
+from services.allocator.core import (
+    AllocationError,
+    Candidate,
+    Counters,
+    PlanContext,
+    PlanItem,
+    ResultContext,
+    RoundOutcome,
+    Strategy,
+)
+from services.allocator.keys import RUNS_INDEX, RunKeys, stats_field
+from services.allocator.permutation import EpochPermutation
+from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
+from services.allocator.strategies import load_all
+
+T = TypeVar("T")
+Writer = Callable[[Pipeline], None]
+_COUNTER_FIELDS = {f.name for f in fields(Counters)}
+
+
+class NotFound(LookupError):
+    """Unknown run, plan or prompt: a 404."""
+
+
+class Conflict(Exception):
+    """The request contradicts the run's state: a 409."""
+
+
+class Invalid(ValueError):
+    """The request is malformed for this run: a 422."""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    spec: m.RunSpec
+    strategy: Strategy
+
+
+class AllocatorStore:
+    def __init__(self, redis: Redis, *, ttl_s: int = 7 * 86400, max_attempts: int = 64) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self.max_attempts = max_attempts
+        self._runs: dict[str, Run] = {}  # run configs never change, so caching is safe
+        load_all()
+
+    # ---- runs ----
+
+    async def create_run(self, run_id: str, spec: m.RunSpec) -> tuple[Run, bool]:
+        keys = RunKeys(run_id)
+        payload = spec.model_dump_json()
+        created = await self.redis.set(keys.config, payload, nx=True)
+        if not created:
+            existing = await self.run(run_id)
+            if existing.spec != spec:
+                raise Conflict(f"run {run_id!r} exists with a different configuration")
+            return existing, False
+        await self.redis.hset(keys.state, mapping={"version": 0})
+        await self.redis.sadd(RUNS_INDEX, run_id)
+        return await self.run(run_id), True
+
+    async def run(self, run_id: str) -> Run:
+        if run_id in self._runs:
+            return self._runs[run_id]
+        raw = await self.redis.get(RunKeys(run_id).config)
+        if raw is None:
+            raise NotFound(f"unknown run {run_id!r}")
+        spec = m.RunSpec.model_validate_json(raw)
+        strategy_cls = load_all()[spec.config.strategy]  # type: ignore[attr-defined]
+        run = Run(run_id, spec, strategy_cls(spec.config))
+        self._runs[run_id] = run
+        return run
+
+    async def list_runs(self) -> list[str]:
+        members = await self.redis.smembers(RUNS_INDEX)
+        return sorted(x.decode() if isinstance(x, bytes) else x for x in members)
+
+    async def delete_run(self, run_id: str) -> int:
+        await self.run(run_id)
+        keys, deleted = RunKeys(run_id), 0
+        async for batch in _scan_batches(self.redis, keys.pattern):
+            deleted += await self.redis.delete(*batch)
+        await self.redis.srem(RUNS_INDEX, run_id)
+        self._runs.pop(run_id, None)
+        return deleted
+
+    # ---- the optimistic transaction ----
+
+    async def _transact(
+        self, keys: RunKeys, body: Callable[[dict[str, str]], Awaitable[tuple[T, Writer | None]]]
+    ) -> T:
+        """Run `body(state)` -> (result, writer) until its writes commit without interference."""
+        for _ in range(self.max_attempts):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(keys.state)
+                    raw = await pipe.hgetall(keys.state)
+                    state = {_s(k): _s(v) for k, v in raw.items()}
+                    result, writer = await body(state)
+                    if writer is None:
+                        return result
+                    pipe.multi()
+                    writer(pipe)
+                    pipe.hincrby(keys.state, "version", 1)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue
+        raise Conflict("the run is being changed by many requests at once; retry")
+
+    # ---- planning ----
+
+    async def plan(self, run_id: str, request_id: str) -> m.Plan:
+        run, keys = await self.run(run_id), RunKeys(run_id)
+
+        async def body(state: dict[str, str]) -> tuple[m.Plan, Writer | None]:
+            known = await self.redis.get(keys.request(request_id))
+            if known is not None:
+                return await self._stored_plan(keys, _s(known)), None
+            if state.get("open_plan"):
+                raise Conflict(
+                    f"plan {state['open_plan']} is still open: report its results or abandon it"
+                )
+            return await self._make_plan(run, keys, state, request_id)
+
+        return await self._transact(keys, body)
+
+    async def _stored_plan(self, keys: RunKeys, plan_id: str) -> m.Plan:
+        raw = await self.redis.get(keys.plan(plan_id))
+        if raw is None:
+            raise NotFound(f"plan {plan_id!r} is unknown or expired")
+        return m.Plan.model_validate_json(raw)
+
+    async def _make_plan(
+        self, run: Run, keys: RunKeys, state: dict[str, str], request_id: str
+    ) -> tuple[m.Plan, Writer]:
+        counters = _counters(state)
+        cfg = run.strategy.config
+        if counters.round >= cfg.max_rounds:
+            raise AllocationError(
+                f"step {counters.step} used all max_rounds={cfg.max_rounds} rounds and has "
+                f"{counters.committed}/{cfg.train_batch_size} train groups; too few prompts "
+                "pass the gate: widen the band, pilot more prompts per round or raise max_rounds"
+            )
+        rollover: _Rollover | None = None
+        if counters.cursor >= run.spec.num_prompts:
+            rollover = await self._rollover(keys, counters)
+            counters = rollover.counters
+        buffer = [] if rollover else await self._buffer(keys)
+        decision = await self._decide_plan(run, keys, counters, buffer)
+        if not decision.items:
+            raise AllocationError(
+                "nothing left to plan: every prompt is evicted and the buffer is empty"
+            )
+        plan_seq = int(state.get("plan_seq", 0)) + 1
+        plan = m.Plan(
+            run_id=run.run_id,
+            plan_id=f"p{plan_seq}",
+            step=counters.step,
+            epoch=counters.epoch,
+            round=counters.round,
+            items=[_item_out(item) for item in decision.items],
+            rollouts=sum(item.n for item in decision.items),
+            group_size=cfg.group_size(),
+            dropped_from_buffer=rollover.flushed if rollover else [],
+        )
+
+        def write(pipe: Pipeline) -> None:
+            if rollover:
+                rollover.write(pipe)
+            pipe.set(keys.plan(plan.plan_id), plan.model_dump_json(), ex=self.ttl_s)
+            pipe.set(keys.request(request_id), plan.plan_id, ex=self.ttl_s)
+            if decision.taken_from_buffer:
+                pipe.hdel(keys.buffer, *[e.prompt_id for e in decision.taken_from_buffer])
+                pipe.set(
+                    keys.plan(plan.plan_id) + ":taken",
+                    _pack_entries(decision.taken_from_buffer),
+                    ex=self.ttl_s,
+                )
+            pipe.hset(
+                keys.state,
+                mapping={
+                    "cursor": decision.cursor,
+                    "round": counters.round + 1,
+                    "open_plan": plan.plan_id,
+                    "plan_seq": plan_seq,
+                },
+            )
+
+        return plan, write
+
+    async def _decide_plan(
+        self, run: Run, keys: RunKeys, counters: Counters, buffer: list[BufferEntry]
+    ) -> Any:
+        strategy, n = run.strategy, run.spec.num_prompts
+        width = strategy.window_size(counters)
+        while True:
+            end = min(n, counters.cursor + width)
+            ids = EpochPermutation(n, run.spec.seed, counters.epoch).ids(counters.cursor, end)
+            stats = await self._read_stats(keys, ids)
+            window = [
+                Candidate(counters.cursor + i, pid, stats[pid])
+                for i, pid in enumerate(ids)
+                if stats[pid].status is not Status.EVICTED
+            ]
+            ctx = PlanContext(counters, n, run.spec.seed, window, end, end >= n, buffer)
+            decision = strategy.plan_round(ctx)
+            if not decision.needs_more_candidates or end >= n:
+                return decision
+            width *= 4
+
+    # ---- epoch boundaries ----
+
+    async def _rollover(self, keys: RunKeys, counters: Counters) -> _Rollover:
+        """The writes that end the epoch: apply pending evictions, flush the buffer."""
+        pending = sorted(int(x) for x in await self.redis.smembers(keys.evict_pending))
+        buffer = await self._buffer(keys)
+        touched = pending + [e.prompt_id for e in buffer]
+        stats = await self._read_stats(keys, touched)
+        updates = {pid: stats[pid].with_status(Status.EVICTED, Outcome.EVICTED) for pid in pending}
+        for entry in buffer:
+            if stats[entry.prompt_id].status is Status.BUFFERED:
+                updates[entry.prompt_id] = stats[entry.prompt_id].with_status(
+                    Status.ACTIVE, Outcome.FLUSHED
+                )
+        new = Counters(**{**counters.__dict__, "epoch": counters.epoch + 1, "cursor": 0})
+        flushed = [e.prompt_id for e in buffer]
+        return _Rollover(keys, self, new, pending, flushed, updates)
+
+    async def complete_epoch(self, run_id: str) -> m.EpochCompleteResponse:
+        await self.run(run_id)
+        keys = RunKeys(run_id)
+
+        async def body(state: dict[str, str]) -> tuple[m.EpochCompleteResponse, Writer]:
+            if state.get("open_plan"):
+                raise Conflict(f"plan {state['open_plan']} is open; report or abandon it first")
+            rollover = await self._rollover(keys, _counters(state))
+            answer = m.EpochCompleteResponse(
+                epoch=rollover.counters.epoch, evicted=rollover.evicted, flushed=rollover.flushed
+            )
+            return answer, rollover.write
+
+        return await self._transact(keys, body)
+
+    # ---- results ----
+
+    async def report(
+        self, run_id: str, plan_id: str, rewards: list[list[float]]
+    ) -> m.ResultsResponse:
+        run, keys = await self.run(run_id), RunKeys(run_id)
+        digest = _digest(rewards)
+
+        async def body(state: dict[str, str]) -> tuple[m.ResultsResponse, Writer | None]:
+            stored = await self.redis.get(keys.result(plan_id))
+            if stored is not None:
+                record = json.loads(stored)
+                if record["digest"] != digest:
+                    raise Conflict(f"plan {plan_id} was already reported with other rewards")
+                return m.ResultsResponse.model_validate(record["response"]), None
+            plan = await self._stored_plan(keys, plan_id)
+            if state.get("open_plan") != plan_id:
+                raise Conflict(f"plan {plan_id} is not open (abandoned, or superseded)")
+            _check_shape(plan, rewards)
+            return await self._apply(run, keys, state, plan, rewards, digest)
+
+        return await self._transact(keys, body)
+
+    async def _apply(
+        self,
+        run: Run,
+        keys: RunKeys,
+        state: dict[str, str],
+        plan: m.Plan,
+        rewards: list[list[float]],
+        digest: str,
+    ) -> tuple[m.ResultsResponse, Writer]:
+        counters = _counters(state)
+        items = [PlanItem(i.prompt_id, i.role, i.n, tuple(i.reuse)) for i in plan.items]
+        stats = await self._read_stats(keys, [i.prompt_id for i in items])
+        taken_raw = await self.redis.get(keys.plan(plan.plan_id) + ":taken")
+        taken = {e.prompt_id: e for e in _unpack_entries(taken_raw)}
+        outcome = run.strategy.apply_results(ResultContext(counters, items, rewards, stats, taken))
+        committed = counters.committed + len(outcome.train)
+        cfg = run.strategy.config
+        response = m.ResultsResponse(
+            plan_id=plan.plan_id,
+            step=plan.step,
+            gates=[
+                m.GateOut(prompt_id=i.prompt_id, role=i.role, outcome=g)
+                for i, g in zip(items, outcome.gates, strict=True)
+            ],
+            train=[
+                m.TrainGroupOut(prompt_id=t.prompt_id, role=t.role, reuse=list(t.reuse))
+                for t in outcome.train
+            ],
+            buffered=[e.prompt_id for e in outcome.buffer_add],
+            committed=committed,
+            train_batch_size=cfg.train_batch_size,
+            batch_complete=committed >= cfg.train_batch_size,
+        )
+        record = json.dumps({"digest": digest, "response": response.model_dump(mode="json")})
+
+        def write(pipe: Pipeline) -> None:
+            self._write_outcome(pipe, keys, outcome)
+            pipe.hset(keys.state, mapping={"open_plan": "", "committed": committed})
+            pipe.set(keys.result(plan.plan_id), record, ex=self.ttl_s)
+            pipe.delete(keys.plan(plan.plan_id) + ":taken")
+
+        return response, write
+
+    def _write_outcome(self, pipe: Pipeline, keys: RunKeys, outcome: RoundOutcome) -> None:
+        _write_stats(pipe, keys, outcome.stats)
+        if outcome.buffer_add:
+            pipe.hset(keys.buffer, mapping={e.prompt_id: e.pack() for e in outcome.buffer_add})
+        if outcome.evict_pending:
+            pipe.sadd(keys.evict_pending, *outcome.evict_pending)
+        for name, increment in outcome.counts.items():
+            if increment:
+                pipe.hincrby(keys.state, name, increment)
+
+    async def abandon(self, run_id: str, plan_id: str) -> m.Plan:
+        """Close an open plan without results; its commit prompts go back to the buffer."""
+        await self.run(run_id)
+        keys = RunKeys(run_id)
+
+        async def body(state: dict[str, str]) -> tuple[m.Plan, Writer | None]:
+            plan = await self._stored_plan(keys, plan_id)
+            if state.get("open_plan") != plan_id:
+                raise Conflict(f"plan {plan_id} is not open")
+            taken = _unpack_entries(await self.redis.get(keys.plan(plan_id) + ":taken"))
+
+            def write(pipe: Pipeline) -> None:
+                if taken:
+                    pipe.hset(keys.buffer, mapping={e.prompt_id: e.pack() for e in taken})
+                pipe.hset(keys.state, "open_plan", "")
+                pipe.hincrby(keys.state, "plans_abandoned", 1)
+                pipe.delete(keys.plan(plan_id) + ":taken")
+
+            return plan, write
+
+        return await self._transact(keys, body)
+
+    # ---- steps ----
+
+    async def complete_step(self, run_id: str, step: int) -> m.StepCompleteResponse:
+        run, keys = await self.run(run_id), RunKeys(run_id)
+
+        async def body(state: dict[str, str]) -> tuple[m.StepCompleteResponse, Writer | None]:
+            done = await self.redis.get(keys.step_done(step))
+            if done is not None:
+                return m.StepCompleteResponse.model_validate_json(done), None
+            counters = _counters(state)
+            if step != counters.step:
+                raise Conflict(f"step {step} is not the current step {counters.step}")
+            need = run.strategy.config.train_batch_size
+            if counters.committed < need or state.get("open_plan"):
+                raise Conflict(
+                    f"step {step} has {counters.committed}/{need} train groups and "
+                    f"open plan {state.get('open_plan') or 'none'}"
+                )
+            buffer = await self._buffer(keys)
+            expired = run.strategy.expire(step, buffer)
+            stats = await self._read_stats(keys, [e.prompt_id for e in expired])
+            updates = {
+                pid: s.with_status(Status.ACTIVE, Outcome.EXPIRED) for pid, s in stats.items()
+            }
+            answer = m.StepCompleteResponse(
+                step_completed=step,
+                step=step + 1,
+                epoch=counters.epoch,
+                expired=[e.prompt_id for e in expired],
+            )
+
+            def write(pipe: Pipeline) -> None:
+                if expired:
+                    pipe.hdel(keys.buffer, *[e.prompt_id for e in expired])
+                    pipe.hincrby(keys.state, "expired", len(expired))
+                _write_stats(pipe, keys, updates)
+                pipe.hset(keys.state, mapping={"step": step + 1, "round": 0, "committed": 0})
+                pipe.hincrby(keys.state, "steps_completed", 1)
+                pipe.set(keys.step_done(step), answer.model_dump_json(), ex=self.ttl_s)
+
+            return answer, write
+
+        return await self._transact(keys, body)
+
+    # ---- prompts ----
+
+    def _check_prompt(self, run: Run, prompt_id: int) -> None:
+        if not 0 <= prompt_id < run.spec.num_prompts:
+            raise NotFound(
+                f"prompt {prompt_id} is not in run {run.run_id!r} "
+                f"(ids are 0..{run.spec.num_prompts - 1})"
+            )
+
+    async def prompt(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
+        run = await self.run(run_id)
+        self._check_prompt(run, prompt_id)
+        stats = (await self._read_stats(RunKeys(run_id), [prompt_id]))[prompt_id]
+        return _stats_out(prompt_id, stats)
+
+    async def set_evicted(self, run_id: str, prompt_id: int, evicted: bool) -> m.PromptStatsOut:
+        """Evict (at once) or restore a prompt by hand; idempotent."""
+        run, keys = await self.run(run_id), RunKeys(run_id)
+        self._check_prompt(run, prompt_id)
+
+        async def body(state: dict[str, str]) -> tuple[m.PromptStatsOut, Writer | None]:
+            stats = (await self._read_stats(keys, [prompt_id]))[prompt_id]
+            was = stats.status is Status.EVICTED
+            if was == evicted and stats.status is not Status.EVICT_PENDING:
+                return _stats_out(prompt_id, stats), None
+            new = stats.with_status(
+                Status.EVICTED if evicted else Status.ACTIVE,
+                Outcome.EVICTED if evicted else Outcome.RESTORED,
+            )
+
+            def write(pipe: Pipeline) -> None:
+                _write_stats(pipe, keys, {prompt_id: new})
+                pipe.srem(keys.evict_pending, prompt_id)
+                if evicted:
+                    pipe.hdel(keys.buffer, prompt_id)
+                if was != evicted:
+                    pipe.hincrby(keys.state, "evicted", 1 if evicted else -1)
+
+            return _stats_out(prompt_id, new), write
+
+        return await self._transact(keys, body)
+
+    async def summary(self, run_id: str) -> m.RunSummary:
+        run, keys = await self.run(run_id), RunKeys(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.state)
+            pipe.hlen(keys.buffer)
+            pipe.scard(keys.evict_pending)
+            raw, buffer_size, pending = await pipe.execute()
+        state = {_s(k): _s(v) for k, v in raw.items()}
+        counters = _counters(state)
+        skip = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq"}
+        return m.RunSummary(
+            run_id=run_id,
+            spec=run.spec,
+            step=counters.step,
+            epoch=counters.epoch,
+            cursor=counters.cursor,
+            round=counters.round,
+            committed=counters.committed,
+            open_plan=state.get("open_plan") or None,
+            buffer_size=buffer_size,
+            evict_pending=pending,
+            counters={k: int(v) for k, v in sorted(state.items()) if k not in skip},
+        )
+
+    # ---- reads ----
+
+    async def _buffer(self, keys: RunKeys) -> list[BufferEntry]:
+        raw = await self.redis.hgetall(keys.buffer)
+        return sorted((BufferEntry.unpack(_b(v)) for v in raw.values()), key=lambda e: e.seq)
+
+    async def _read_stats(self, keys: RunKeys, ids: Iterable[int]) -> dict[int, PromptStats]:
+        by_bucket: dict[str, list[int]] = {}
+        for pid in dict.fromkeys(ids):
+            by_bucket.setdefault(keys.stats_bucket(pid), []).append(pid)
+        if not by_bucket:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket, pids in by_bucket.items():
+                pipe.hmget(bucket, [stats_field(p) for p in pids])
+            answers = await pipe.execute()
+        out: dict[int, PromptStats] = {}
+        for pids, values in zip(by_bucket.values(), answers, strict=True):
+            for pid, raw in zip(pids, values, strict=True):
+                out[pid] = PromptStats.unpack(raw)
+        return out
+
+
+@dataclass
+class _Rollover:
+    keys: RunKeys
+    store: AllocatorStore
+    counters: Counters
+    evicted: list[int]
+    flushed: list[int]
+    updates: dict[int, PromptStats]
+
+    def write(self, pipe: Pipeline) -> None:
+        _write_stats(pipe, self.keys, self.updates)
+        pipe.delete(self.keys.buffer, self.keys.evict_pending)
+        pipe.hset(self.keys.state, mapping={"epoch": self.counters.epoch, "cursor": 0})
+        pipe.hincrby(self.keys.state, "epochs_completed", 1)
+        pipe.hincrby(self.keys.state, "evicted", len(self.evicted))
+        pipe.hincrby(self.keys.state, "flushed", len(self.flushed))
+
+
+def _write_stats(pipe: Pipeline, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
+    by_bucket: dict[str, dict[str, bytes]] = {}
+    for pid, value in stats.items():
+        by_bucket.setdefault(keys.stats_bucket(pid), {})[stats_field(pid)] = value.pack()
+    for bucket, mapping in by_bucket.items():
+        pipe.hset(bucket, mapping=mapping)  # type: ignore[arg-type]
+
+
+def _counters(state: dict[str, str]) -> Counters:
+    return Counters(**{name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS})
+
+
+def _b(value: bytes | str) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _item_out(item: PlanItem) -> m.PlanItemOut:
+    return m.PlanItemOut(prompt_id=item.prompt_id, role=item.role, n=item.n, reuse=list(item.reuse))
+
+
+def _check_shape(plan: m.Plan, rewards: list[list[float]]) -> None:
+    if len(rewards) != len(plan.items):
+        raise Invalid(
+            f"plan {plan.plan_id} has {len(plan.items)} items, got {len(rewards)} reward lists"
+        )
+    for index, (item, group) in enumerate(zip(plan.items, rewards, strict=True)):
+        if len(group) != item.n:
+            raise Invalid(
+                f"item {index} (prompt {item.prompt_id}, {item.role}) expects "
+                f"{item.n} rewards, got {len(group)}"
+            )
+
+
+def _digest(rewards: Sequence[Sequence[float]]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for group in rewards:
+        h.update(struct.pack(f"<I{len(group)}d", len(group), *group))
+    return h.hexdigest()
+
+
+def _pack_entries(entries: Sequence[BufferEntry]) -> bytes:
+    return b"".join(struct.pack("<I", len(p)) + p for p in (e.pack() for e in entries))
+
+
+def _unpack_entries(raw: bytes | str | None) -> list[BufferEntry]:
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    out, offset = [], 0
+    while raw and offset < len(raw):
+        (size,) = struct.unpack_from("<I", raw, offset)
+        out.append(BufferEntry.unpack(raw[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    return out
+
+
+def _stats_out(prompt_id: int, s: PromptStats) -> m.PromptStatsOut:
+    def finite(x: float) -> float | None:
+        return None if x != x else float(x)
+
+    aux = {"a": s.aux_a, "b": s.aux_b, "step": float(s.aux_step)} if s.aux_step >= 0 else {}
+    return m.PromptStatsOut(
+        prompt_id=prompt_id,
+        status=s.status.name.lower(),
+        last_outcome=s.last_outcome.name.lower(),
+        rollouts=s.rollouts,
+        successes=s.successes,
+        reward_mean=s.reward_sum / s.rollouts if s.rollouts else None,
+        pilot_pass_rate=finite(s.pilot_pass_rate),
+        pilot_std=finite(s.pilot_std),
+        last_step=s.last_step,
+        all_correct_streak=s.all_correct_streak,
+        all_wrong_streak=s.all_wrong_streak,
+        strategy_state=aux,
+    )
+
+
+async def _scan_batches(redis: Redis, pattern: str) -> Any:
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

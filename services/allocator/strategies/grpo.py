@@ -1,0 +1,58 @@
+"""GRPO: every prompt of the batch gets a full group of G rollouts; nothing is filtered."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.allocator.core import (
+    PlanContext,
+    PlanItem,
+    ResultContext,
+    Role,
+    RoundOutcome,
+    RoundPlan,
+    Strategy,
+    StrategyConfig,
+    TrainGroup,
+    observe,
+    summarize,
+    take_candidates,
+)
+from services.allocator.records import Outcome, Status
+
+
+class GRPOConfig(StrategyConfig):
+    """Plain group sampling: B prompts x G rollouts per step."""
+
+    strategy: Literal["grpo"] = "grpo"
+    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
+
+    def group_size(self) -> int:
+        return self.n
+
+
+class GRPO(Strategy):
+    name = "grpo"
+    config_model = GRPOConfig
+    config: GRPOConfig
+
+    def plan_round(self, ctx: PlanContext) -> RoundPlan:
+        need = self.config.train_batch_size - ctx.counters.committed
+        chosen, cursor, short = take_candidates(ctx, need)
+        items = [PlanItem(c.prompt_id, Role.FULL, self.config.n) for c in chosen]
+        return RoundPlan(items, cursor, needs_more_candidates=short)
+
+    def apply_results(self, ctx: ResultContext) -> RoundOutcome:
+        out = RoundOutcome(counts={"rollouts_full": 0, "groups_trained": 0})
+        for item, rewards in zip(ctx.items, ctx.rewards, strict=True):
+            group = summarize(rewards, self.config.success_threshold)
+            out.stats[item.prompt_id] = observe(
+                ctx.stats[item.prompt_id], group, ctx.counters.step, Status.ACTIVE, Outcome.TRAINED
+            )
+            out.gates.append("trained")
+            out.train.append(TrainGroup(item.prompt_id, Role.FULL))
+            out.counts["rollouts_full"] += group.n
+            out.counts["groups_trained"] += 1
+        return out

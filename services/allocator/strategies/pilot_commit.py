@@ -1,0 +1,204 @@
+"""Pilot-Commit (arXiv 2605.26606): pilot many prompts cheaply, commit the budget to the
+ones whose pilot pass rate is informative.
+
+Each round plans, in one generation call ("one-step binding"):
+- `gen_batch_size` new prompts of the epoch order with `n_pilot` rollouts each, and
+- up to the missing number of train groups from the replay buffer with `n_commit`
+  fresh rollouts each (their train group = stored pilot rollouts + these).
+Piloted prompts are gated on p_hat: inside [p_lower, 1 - p_upper] they enter the buffer
+stamped with the step; above it they are skipped (and evicted at the epoch's end when
+p_hat >= exclude_threshold); below it they are deferred to later epochs. Buffer entries
+older than `buffer_max_off_steps` steps expire; the store clears the buffer at epoch end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.allocator.core import (
+    BufferEntry,
+    Counters,
+    GroupSummary,
+    PlanContext,
+    PlanItem,
+    ResultContext,
+    Role,
+    RoundOutcome,
+    RoundPlan,
+    Strategy,
+    StrategyConfig,
+    TrainGroup,
+    balanced_subset,
+    observe,
+    pick_from_buffer,
+    summarize,
+    take_candidates,
+)
+from services.allocator.records import Outcome, PromptStats, Status
+
+_EPS = 1e-9
+
+
+class PilotCommitConfig(StrategyConfig):
+    """Pilot-Commit parameters; defaults follow the reference recipe."""
+
+    strategy: Literal["pilot_commit"] = "pilot_commit"
+    gen_batch_size: int | None = Field(
+        None, ge=1, le=65536, description="Prompts piloted per round; default train_batch_size."
+    )
+    n_pilot: int = Field(8, ge=1, le=4096, description="Rollouts per piloted prompt.")
+    n_commit: int = Field(8, ge=1, le=4096, description="Fresh rollouts per committed prompt.")
+    n_pilot_reuse: int | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description="Pilot rollouts reused in the train group (default: all n_pilot); a "
+        "subset as close to half right / half wrong as possible is kept.",
+    )
+    p_lower: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat >= p_lower.")
+    p_upper: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat <= 1 - p_upper.")
+    exclude_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Evict (at epoch end) when the pilot p_hat >= this; null disables eviction.",
+    )
+    buffer_max_off_steps: int = Field(
+        4, ge=0, le=1000, description="Steps a buffered prompt stays committable."
+    )
+    buffer_sampling: Literal["max_variance", "random"] = Field(
+        "max_variance", description="Which buffered prompts to commit first."
+    )
+
+    @model_validator(mode="after")
+    def _band_not_empty(self) -> PilotCommitConfig:
+        if self.p_lower > 1.0 - self.p_upper + _EPS:
+            raise ValueError(f"empty gate band: p_lower={self.p_lower} > 1 - p_upper")
+        if self.n_pilot_reuse is not None and self.n_pilot_reuse > self.n_pilot:
+            raise ValueError("n_pilot_reuse cannot exceed n_pilot")
+        return self
+
+    def pilots_per_round(self) -> int:
+        return self.gen_batch_size or self.train_batch_size
+
+    def reused(self) -> int:
+        return self.n_pilot if self.n_pilot_reuse is None else self.n_pilot_reuse
+
+    def group_size(self) -> int:
+        return self.reused() + self.n_commit
+
+
+def gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:
+    """The gate on a pilot's pass rate: pass, too easy (maybe evict) or too hard."""
+    p = group.pass_rate
+    if p < config.p_lower - _EPS:
+        return Outcome.TOO_HARD, Status.DEFERRED
+    if p > 1.0 - config.p_upper + _EPS:
+        evict = config.exclude_threshold is not None and p >= config.exclude_threshold - _EPS
+        return Outcome.TOO_EASY, Status.EVICT_PENDING if evict else Status.EASY
+    return Outcome.PASS, Status.BUFFERED
+
+
+class PilotCommit(Strategy):
+    name = "pilot_commit"
+    config_model = PilotCommitConfig
+    config: PilotCommitConfig
+
+    def window_size(self, counters: Counters) -> int:
+        return self.config.pilots_per_round() + self.config.pilots_per_round() // 4 + 8
+
+    def plan_round(self, ctx: PlanContext) -> RoundPlan:
+        cfg = self.config
+        need = cfg.train_batch_size - ctx.counters.committed
+        seed = (ctx.seed, ctx.counters.step, ctx.counters.round)
+        commits = pick_from_buffer(ctx.buffer, need, cfg.buffer_sampling, seed)
+        pilots, cursor, short = take_candidates(ctx, cfg.pilots_per_round())
+        items = [PlanItem(e.prompt_id, Role.COMMIT, cfg.n_commit, self._reuse(e)) for e in commits]
+        items += [PlanItem(c.prompt_id, Role.PILOT, cfg.n_pilot) for c in pilots]
+        return RoundPlan(items, cursor, commits, needs_more_candidates=short)
+
+    def _reuse(self, entry: BufferEntry) -> tuple[int, ...]:
+        return balanced_subset(entry.rewards, self.config.reused(), self.config.success_threshold)
+
+    def apply_results(self, ctx: ResultContext) -> RoundOutcome:
+        out = RoundOutcome(counts={"rollouts_pilot": 0, "rollouts_commit": 0, "groups_trained": 0})
+        seq = ctx.counters.buffer_seq
+        for item, rewards in zip(ctx.items, ctx.rewards, strict=True):
+            stats = ctx.stats[item.prompt_id]
+            if item.role is Role.COMMIT:
+                self._commit(ctx, item, rewards, stats, out)
+                continue
+            seq += 1
+            self._pilot(ctx, item, rewards, stats, seq, out)
+        out.counts["buffer_seq"] = seq - ctx.counters.buffer_seq
+        return out
+
+    def _commit(
+        self,
+        ctx: ResultContext,
+        item: PlanItem,
+        rewards: Sequence[float],
+        stats: PromptStats,
+        out: RoundOutcome,
+    ) -> None:
+        pilot = ctx.taken[item.prompt_id]
+        group = summarize(
+            [pilot.rewards[i] for i in item.reuse] + list(rewards), self.config.success_threshold
+        )
+        fresh = summarize(rewards, self.config.success_threshold)
+        # Lifetime counts take only the fresh rollouts (the pilot ones were counted when
+        # reported); the streaks judge the whole train group.
+        out.stats[item.prompt_id] = observe(
+            stats, fresh, ctx.counters.step, Status.ACTIVE, Outcome.TRAINED, streak_group=group
+        )
+        out.gates.append("trained")
+        out.train.append(TrainGroup(item.prompt_id, Role.COMMIT, item.reuse))
+        out.counts["rollouts_commit"] += len(rewards)
+        out.counts["groups_trained"] += 1
+        if group.all_equal:
+            out.counts["groups_trained_zero_variance"] = (
+                out.counts.get("groups_trained_zero_variance", 0) + 1
+            )
+
+    def _pilot(
+        self,
+        ctx: ResultContext,
+        item: PlanItem,
+        rewards: Sequence[float],
+        stats: PromptStats,
+        seq: int,
+        out: RoundOutcome,
+    ) -> None:
+        group = summarize(rewards, self.config.success_threshold)
+        outcome, status = gate(self.config, group)
+        updated = replace(
+            observe(stats, group, ctx.counters.step, status, outcome),
+            pilot_pass_rate=group.pass_rate,
+            pilot_std=group.std,
+        )
+        out.stats[item.prompt_id] = updated
+        out.gates.append(outcome.name.lower())
+        out.counts["rollouts_pilot"] += group.n
+        key = f"gate_{outcome.name.lower()}"
+        out.counts[key] = out.counts.get(key, 0) + 1
+        if updated.status is Status.BUFFERED:
+            out.buffer_add.append(
+                BufferEntry(
+                    item.prompt_id,
+                    ctx.counters.step,
+                    seq,
+                    group.pass_rate,
+                    group.std,
+                    tuple(rewards),
+                )
+            )
+        elif updated.status is Status.EVICT_PENDING:
+            out.evict_pending.append(item.prompt_id)
+
+    def expire(self, step_done: int, buffer: Sequence[BufferEntry]) -> list[BufferEntry]:
+        next_step = step_done + 1
+        return [e for e in buffer if next_step - e.step > self.config.buffer_max_off_steps]
