@@ -1,0 +1,1 @@
+"""The verifier service: turns (response, reference answer, task) into a reward."""

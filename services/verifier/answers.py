@@ -1,0 +1,392 @@
+"""Answer extraction, normalisation and the fast equivalence checks, free of I/O.
+
+This is the pure core of the verifier: everything here is cheap and linear in the
+length of its input, so the service can run it on every item of a batch in the
+request handler. What it cannot decide (two different-looking LaTeX expressions that
+may be equal) it hands back as `None`, and the service asks the symbolic checker
+(`symbolic.py`, math-verify in worker processes) only for those.
+
+Task kinds and where their answer comes from (first rule that applies wins):
+- `math`: the last `\\boxed{}`/`\\fbox{}`, else "the answer is ...", else GSM8K `####`.
+- `numeric`: the last box, else `####`, else "the answer is ...", else a number at the
+  very start of the response (the tiny arithmetic task: `12+345=` -> `357<junk>`), else
+  the last number in the response. Compared as numbers with a tolerance; never symbolic.
+- `exact`: the last box, else "the answer is ...", else the whole response; compared as
+  strings after normalisation.
+- `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", or a lone
+  letter at the end of the response.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+Task = Literal["math", "numeric", "exact", "choice"]
+Reason = Literal[
+    "match", "mismatch", "no_answer", "parse_error", "too_complex", "timeout", "worker_error"
+]
+
+# Numbers longer than this, or exponents past this, are not materialised as Fractions:
+# `Fraction("1e999999999")` alone would take minutes.
+_MAX_NUMBER_DIGITS = 400
+_MAX_EXPONENT = 400
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The answer found in a response and the rule that found it."""
+
+    text: str | None
+    source: Literal["boxed", "hashes", "answer_is", "leading", "last_number", "whole", "none"]
+
+    @property
+    def boxed(self) -> bool:
+        return self.source == "boxed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the fast path decided about one (reference, answer) pair."""
+
+    correct: bool
+    reason: Reason
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def sanitize(text: str) -> str:
+    """Replace lone surrogates (valid in JSON strings, invalid in UTF-8) with '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _box_start(text: str) -> int:
+    """Index just past the last `\\boxed`/`\\fbox` command, or -1."""
+    best = -1
+    for command in ("\\boxed", "\\fbox"):
+        at = text.rfind(command)
+        if at >= 0:
+            best = max(best, at + len(command))
+    return best
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """Content of the `{...}` group opening at `start`; None if it never closes.
+
+    Iterative on purpose: 10,000 nested braces must not reach a recursion limit.
+    `\\{` and `\\}` are literal braces in LaTeX and do not count.
+    """
+    depth, i = 0, start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i]
+        i += 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` or `\\fbox{...}` (nested braces allowed)."""
+    at = _box_start(text)
+    if at < 0:
+        return None
+    rest = text[at : at + 2].lstrip()
+    if rest.startswith("{"):
+        return _balanced(text, text.index("{", at))
+    # `\boxed 5`: the argument is the next token.
+    token = re.match(r"\s+([^\s$]+)", text[at : at + 200])
+    return token.group(1) if token else None
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    found = None
+    for found in pattern.finditer(text):  # noqa: B007 (keeping the last one is the point)
+        pass
+    return found
+
+
+_ANSWER_IS = re.compile(r"(?i)answer\s*(?:is|:)\s*\**:?\s*")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+
+
+def after_answer_is(text: str) -> str | None:
+    """What follows the last "answer is"/"Answer:", up to the end of that sentence."""
+    last = _last_match(_ANSWER_IS, text)
+    if last is None:
+        return None
+    rest = text[last.end() : last.end() + 500]
+    end = _SENTENCE_END.search(rest)
+    answer = (rest[: end.start()] if end else rest).strip().strip("*").strip()
+    return answer or None
+
+
+def after_hashes(text: str) -> str | None:
+    """GSM8K's final line: what follows the last `####`."""
+    at = text.rfind("####")
+    if at < 0:
+        return None
+    answer = text[at + 4 :].strip().split("\n", 1)[0].strip()
+    return answer or None
+
+
+_NUMBER_TOKEN = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_LEADING_NUMBER = re.compile(r"\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+
+
+def leading_number(text: str) -> str | None:
+    """A number the response starts with (the tiny task: `357` then junk)."""
+    found = _LEADING_NUMBER.match(text)
+    return found.group(1) if found else None
+
+
+def last_number(text: str) -> str | None:
+    found = _last_match(_NUMBER_TOKEN, text)
+    return found.group(0) if found else None
+
+
+_CHOICE_LETTER = re.compile(r"\(?\b([A-J])\b\)?")
+_TRAILING_CHOICE = re.compile(r"(?:\(([A-J])\)|\b([A-J]))[\s.)*]*$")
+
+
+def _choice(text: str) -> Extraction:
+    for source, found in (("boxed", last_boxed(text)), ("answer_is", after_answer_is(text))):
+        if found is not None:
+            letter = _CHOICE_LETTER.search(_strip_text_macros(found))
+            if letter:
+                return Extraction(letter.group(1), source)  # type: ignore[arg-type]
+    tail = _TRAILING_CHOICE.search(text[-200:])
+    if tail:
+        return Extraction(tail.group(1) or tail.group(2), "last_number")
+    return Extraction(None, "none")
+
+
+def extract_answer(response: str, task: Task) -> Extraction:
+    """The final answer in a model response, by the rules of `task` (see module doc)."""
+    if task == "choice":
+        return _choice(response)
+    rules: list[tuple[str, str | None]]
+    if task == "numeric":
+        rules = [("boxed", last_boxed(response)), ("hashes", after_hashes(response)),
+                 ("answer_is", after_answer_is(response)), ("leading", leading_number(response)),
+                 ("last_number", last_number(response))]  # fmt: skip
+    elif task == "exact":
+        rules = [("boxed", last_boxed(response)), ("answer_is", after_answer_is(response)),
+                 ("whole", response.strip() or None)]  # fmt: skip
+    else:
+        rules = [("boxed", last_boxed(response)), ("answer_is", after_answer_is(response)),
+                 ("hashes", after_hashes(response))]  # fmt: skip
+    for source, found in rules:
+        if found is not None and found.strip():
+            return Extraction(found.strip(), source)  # type: ignore[arg-type]
+    return Extraction(None, "none")
+
+
+def extract_reference(reference: str, task: Task) -> str:
+    """The gold answer: a bare answer, or the last box / `####` of a full solution."""
+    if task == "choice":
+        return _choice(reference).text or reference.strip()
+    for found in (last_boxed(reference), after_hashes(reference)):
+        if found is not None and found.strip():
+            return found.strip()
+    return reference.strip()
+
+
+# ------------------------------------------------------------- normalisation
+
+_UNIT_WORDS = (
+    "cm|mm|km|m|meters?|metres?|inches|inch|in|feet|foot|ft|yards?|miles?|units?|"
+    "dollars?|cents?|degrees?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|"
+    "months?|years?|kg|g|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|ml|mph|sq|square|"
+    "cubic|people|students|apples|points|pages|marbles|cookies|eggs"
+)
+_NUM = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
+_TRAILING_UNITS = re.compile(rf"^({_NUM})\s*(?:(?:{_UNIT_WORDS})\b\s*)+(?:\^?\{{?[23]\}}?)?$")
+_TEXT_UNIT = re.compile(rf"^({_NUM})\s*\\(?:text|mbox|mathrm)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?)?$")
+_TEXT_MACRO = re.compile(r"\\(?:text|textbf|mbox|mathrm|textnormal|operatorname)\s*\{([^{}]*)\}")
+_SPACING = re.compile(r"\\[,;:!> ]|\\q?quad\b|~")
+_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_OPERATOR_SPACES = re.compile(r"\s*([=+\-*/^_(){}\[\],<>|])\s*")
+
+_LITERAL_REPLACEMENTS = (
+    ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
+    ("\\displaystyle", ""), ("{,}", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""),
+    ("\\$", ""), ("$", ""), ("\\%", "%"), ("\\le ", "\\leq "), ("\\ge ", "\\geq "),
+)  # fmt: skip
+
+
+def _strip_text_macros(text: str) -> str:
+    previous = None
+    while previous != text:  # nested \text{\textbf{...}}
+        previous, text = text, _TEXT_MACRO.sub(r"\1", text)
+    return text
+
+
+def _short_frac(text: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac{a}2` -> `\\frac{a}{2}`, `\\sqrt2` -> `\\sqrt{2}`."""
+    text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)
+    text = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", text)
+    text = re.sub(r"\\frac\s*(\d)\s*(\{)", r"\\frac{\1}\2", text)
+    return re.sub(r"\\sqrt\s*(\d+)", r"\\sqrt{\1}", text)
+
+
+def normalize(answer: str) -> str:
+    """A canonical spelling of an answer: same value, same string, most of the time.
+
+    Only rewrites that never change the value: macros for spacing and size, `$`,
+    units after a number, `\\text{}` wrappers, thousands separators, degree signs, a
+    trailing period, `x = ` in front of a single value. A percent sign is kept (as `%`)
+    because 50% may mean 50 or 0.5; the comparison decides.
+    """
+    text = sanitize(answer).strip()
+    for old, new in _LITERAL_REPLACEMENTS:
+        text = text.replace(old, new)
+    text = _SPACING.sub(" ", text)
+    unit = _TEXT_UNIT.match(text.strip())
+    text = unit.group(1) if unit else _strip_text_macros(text)
+    text = " ".join(text.split()).strip().rstrip(".").strip()
+    unit = _TRAILING_UNITS.match(text)
+    text = unit.group(1) if unit else text
+    text = _ASSIGNMENT.sub("", text) if text.count("=") == 1 else text
+    text = _OPERATOR_SPACES.sub(r"\1", _short_frac(text))
+    if _THOUSANDS.match(text):
+        text = text.replace(",", "")
+    return text
+
+
+# ------------------------------------------------------------------ numbers
+
+_PLAIN = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
+_FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
+_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
+_SCIENTIFIC = re.compile(rf"^({_NUM})(?:\\times|\\cdot|\*)10\^(?:\{{(-?\d+)\}}|(-?\d))$")
+
+
+def _plain_number(text: str) -> Fraction | None:
+    if not _PLAIN.match(text) or len(text) > _MAX_NUMBER_DIGITS:
+        return None
+    exponent = re.search(r"[eE]([+-]?\d+)$", text)
+    if exponent and abs(int(exponent.group(1))) > _MAX_EXPONENT:
+        return None
+    return Fraction(text)
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a normalised answer that is a plain number, else None.
+
+    Accepts integers, decimals, `1.5e3`, `1.5\\times10^{3}`, `\\frac{a}{b}`, `a/b`, and a
+    trailing `%` (returned as written: 50% -> 50; see `numbers_equal`).
+    """
+    text = text.removesuffix("%")
+    if len(text) > _MAX_NUMBER_DIGITS:
+        return None
+    if (plain := _plain_number(text)) is not None:
+        return plain
+    if found := _FRAC.match(text):
+        sign, num, den = found.groups()
+        value = Fraction(int(num), int(den)) if int(den) else None
+        return -value if value is not None and sign else value
+    if (found := _SLASH.match(text)) and int(found.group(2)):
+        return Fraction(int(found.group(1)), int(found.group(2)))
+    if (found := _SCIENTIFIC.match(text)) and abs(int(found.group(2) or found.group(3))) <= 400:
+        return Fraction(found.group(1)) * Fraction(10) ** int(found.group(2) or found.group(3))
+    return None
+
+
+def _candidates(text: str, value: Fraction) -> list[Fraction]:
+    # "50%" is 50 in MATH-style answers and 0.5 as a quantity; accept either reading.
+    return [value, value / 100] if text.endswith("%") else [value]
+
+
+def numbers_close(a: Fraction, b: Fraction, rel_tol: float, abs_tol: float) -> bool:
+    if a == b:
+        return True
+    return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+# -------------------------------------------------------------- equivalence
+
+
+def too_complex(answer: str, max_chars: int, max_depth: int) -> bool:
+    """Answers no grader should try: very long, or nested deeper than `max_depth`."""
+    if len(answer) > max_chars:
+        return True
+    depth = deepest = 0
+    for char in answer:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]":
+            depth -= 1
+    return deepest > max_depth
+
+
+def _math_numbers(reference: str, answer: str) -> Verdict | bool | None:
+    """Fast numeric verdict for `math`; None when either side is not a plain number."""
+    ref_value, ans_value = parse_number(reference), parse_number(answer)
+    if ref_value is None or ans_value is None:
+        return None
+    pairs = [(r, a) for r in _candidates(reference, ref_value)
+             for a in _candidates(answer, ans_value)]  # fmt: skip
+    if any(r == a for r, a in pairs):
+        return Verdict(True, "match")
+    # Far apart for every reading: wrong. Close but not equal (1/3 vs 0.333333) is for
+    # the symbolic checker, whose rounding rules are the reference behaviour.
+    if all(not numbers_close(r, a, 1e-4, 1e-9) for r, a in pairs):
+        return Verdict(False, "mismatch")
+    return None
+
+
+def fast_verdict(
+    reference: str, answer: str, task: Task, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9
+) -> Verdict | None:
+    """Decide from normalised strings alone; None means "ask the symbolic checker"."""
+    if task == "choice":
+        same = answer.strip("()").upper() == reference.strip("()").upper()
+        return Verdict(same, "match" if same else "mismatch")
+    if answer == reference:
+        return Verdict(True, "match")
+    if task == "exact":
+        return Verdict(False, "mismatch")
+    if task == "numeric":
+        return _numeric(reference, answer, rel_tol, abs_tol)
+    numeric = _math_numbers(reference, answer)
+    if isinstance(numeric, Verdict):
+        return numeric
+    if answer.casefold() == reference.casefold() and answer.isalpha():
+        return Verdict(True, "match")  # text answers: "Monday" vs "monday"
+    return None
+
+
+def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Verdict:
+    ref_value, ans_value = parse_number(reference), parse_number(answer)
+    if ref_value is None:
+        return Verdict(False, "parse_error")
+    if ans_value is None:
+        token = last_number(answer)
+        ans_value = parse_number(token.replace(",", "")) if token else None
+    if ans_value is None:
+        return Verdict(False, "parse_error")
+    ok = any(numbers_close(r, a, rel_tol, abs_tol) for r in _candidates(reference, ref_value)
+             for a in _candidates(answer, ans_value))  # fmt: skip
+    return Verdict(ok, "match" if ok else "mismatch")
+
+
+def reward(correct: bool, well_formed: bool, format_bonus: float) -> float:
+    """Reward in [0, 1]: `(1 - b) * correct + b * well_formed` with bonus weight `b`.
+
+    With b = 0 (the default) this is 1 for a correct answer and 0 otherwise; with b > 0 a
+    correct, well-formed answer still earns exactly 1, never more.
+    """
+    return (1.0 - format_bonus) * float(correct) + format_bonus * float(well_formed)

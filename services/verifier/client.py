@@ -1,0 +1,81 @@
+"""The typed async client of the verifier, the only place that speaks its HTTP API.
+
+`score` accepts any number of items and splits them into requests of at most the
+server's `max_items` (learned once from `/health`), sent one after the other so that
+each request gets the server's whole worker pool within its time limit.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import httpx
+
+from services.common.http import RetryPolicy, request
+from services.verifier.models import (
+    HealthResponse,
+    ScoreItem,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+)
+
+_SERVICE = "verifier"
+
+
+class VerifierClient:
+    """Async client: `async with VerifierClient(url) as client: await client.score(items)`."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float = 60.0, policy: RetryPolicy | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.policy = policy or RetryPolicy()
+        self._http = httpx.AsyncClient(base_url=self.base_url)
+        self._max_items: int | None = None
+
+    async def health(self) -> HealthResponse:
+        response = await request(
+            self._http, _SERVICE, "GET", "/health", policy=self.policy, timeout=self.timeout
+        )
+        return HealthResponse.model_validate(response.json())
+
+    async def _chunk_size(self) -> int:
+        if self._max_items is None:
+            self._max_items = (await self.health()).max_items
+        return self._max_items
+
+    async def _score_chunk(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        body = ScoreRequest(items=items).model_dump(mode="json")
+        # Scoring changes no state, so a retried request is harmless.
+        response = await request(
+            self._http, _SERVICE, "POST", "/v1/score", policy=self.policy,
+            timeout=self.timeout, json=body,
+        )  # fmt: skip
+        results = ScoreResponse.model_validate(response.json()).results
+        if len(results) != len(items):
+            raise RuntimeError(f"verifier returned {len(results)} results for {len(items)} items")
+        return results
+
+    async def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        """One result per item, in order, however many items there are."""
+        size = await self._chunk_size()
+        results: list[ScoreResult] = []
+        for start in range(0, len(items), size):
+            results += await self._score_chunk(items[start : start + size])
+        return results
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> VerifierClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

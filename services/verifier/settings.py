@@ -1,0 +1,72 @@
+"""Settings of the verifier service, from `PC_VERIFIER_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class VerifierSettings(BaseSettings):
+    """Limits, worker pool and reward shaping of the verifier; see docs/verifier.md."""
+
+    model_config = SettingsConfigDict(env_prefix="PC_VERIFIER_")
+
+    max_items: int = Field(
+        default=512, ge=1, le=100_000, description="Most items in one /v1/score request."
+    )
+    max_chars: int = Field(
+        default=200_000, ge=100, description="Most characters in one response or reference."
+    )
+    timeout_s: float = Field(
+        default=2.0, gt=0, le=120, description="Hard limit of one symbolic check (the worker "
+        "running it is killed past it)."
+    )  # fmt: skip
+    request_timeout_s: float = Field(
+        default=3.0, gt=0, le=600, description="Hard limit of a whole request; items not "
+        "judged by then get `timeout`."
+    )  # fmt: skip
+    workers: int = Field(default=2, ge=1, le=256, description="Resident worker processes.")
+    max_workers: int = Field(
+        default=6, ge=1, le=512, description="Worker cap including surge workers started "
+        "while every resident worker is busy."
+    )  # fmt: skip
+    surge_after_s: float = Field(
+        default=0.1, ge=0, le=10, description="Wait for a busy pool before starting a surge "
+        "worker."
+    )  # fmt: skip
+    worker_memory_mb: int = Field(
+        default=2048, ge=0, description="Address-space limit of a worker in MiB (0: none)."
+    )
+    cache_size: int = Field(
+        default=100_000, ge=0, description="Symbolic verdicts kept across requests (LRU)."
+    )
+    max_answer_chars: int = Field(
+        default=1000, ge=10, description="Longer extracted answers are `too_complex`."
+    )
+    max_answer_depth: int = Field(
+        default=40, ge=1, description="Answers nested deeper are `too_complex`."
+    )
+    format_bonus: float = Field(
+        default=0.0, ge=0, le=0.5, description="Weight b of a well-formed (boxed) answer: "
+        "reward = (1 - b) * correct + b * boxed."
+    )  # fmt: skip
+    numeric_rel_tol: float = Field(
+        default=1e-6, ge=0, le=1, description="Relative tolerance of the `numeric` task."
+    )
+    numeric_abs_tol: float = Field(
+        default=1e-9, ge=0, description="Absolute tolerance of the `numeric` task."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> VerifierSettings:
+        if self.max_workers < self.workers:
+            raise ValueError("max_workers must be >= workers")
+        return self
+
+
+@lru_cache
+def get_settings() -> VerifierSettings:
+    """The settings of this process (a FastAPI dependency; tests override it)."""
+    return VerifierSettings()

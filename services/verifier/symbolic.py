@@ -1,0 +1,51 @@
+"""Symbolic equivalence by math-verify (sympy), for the pairs the fast path cannot decide.
+
+This runs only inside the worker processes of `pool.py`: sympy can loop or eat memory
+on hostile LaTeX, and math-verify's own timeout uses `signal.alarm`, which fails off the
+main thread. So the alarms are switched off here (`*_timeout=None`) and the pool enforces
+the time limit from outside by killing the worker.
+
+The reference is parsed once per worker (`_parse_reference` is cached): an RL batch asks
+about the same reference with many different answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from services.verifier.answers import Reason
+
+
+def _boxed(answer: str) -> str:
+    # Boxing makes math-verify parse the whole normalised answer, not a piece of it.
+    return "\\boxed{" + answer + "}"
+
+
+@lru_cache(maxsize=4096)
+def _parse_reference(reference: str) -> tuple[Any, ...]:
+    from math_verify import parse
+
+    return tuple(parse(_boxed(reference), parsing_timeout=None))
+
+
+def judge(reference: str, answer: str) -> Reason:
+    """`match`, `mismatch`, or `parse_error` for two normalised answers."""
+    from math_verify import parse, verify
+
+    gold = _parse_reference(reference)
+    if not gold:
+        return "parse_error"
+    pred = parse(_boxed(answer), parsing_timeout=None)
+    if not pred:
+        return "parse_error"
+    same = verify(list(gold), pred, timeout_seconds=None)
+    return "match" if same else "mismatch"
+
+
+def warm_up() -> None:
+    """Import sympy and math-verify and exercise the parser once (a worker's first item
+    would otherwise pay about a second for it)."""
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    judge("\\frac{1}{2}", "0.5")
