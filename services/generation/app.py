@@ -1,0 +1,56 @@
+"""`create_app()`: the embedded generation server as a FastAPI app.
+
+Nothing is built at import time: the model loads in the lifespan, from the settings
+given here or read through `get_settings()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Gauge
+
+from services.common.metrics import instrument
+from services.generation import control, routes
+from services.generation.engine import Engine
+from services.generation.settings import GenerationSettings, get_settings
+
+
+def _engine_gauges(app: FastAPI, registry: CollectorRegistry) -> None:
+    paused = Gauge("generation_paused", "1 while generation is paused.", registry=registry)
+    queued = Gauge("generation_queued_requests", "Requests waiting for a batch.", registry=registry)
+    version = Gauge("generation_weight_updates", "Weight updates applied.", registry=registry)
+
+    def engine_value(read: Callable[[Engine], float]) -> Callable[[], float]:
+        return lambda: read(app.state.engine) if app.state.engine is not None else 0.0
+
+    paused.set_function(engine_value(lambda e: float(e.gate.is_paused)))
+    queued.set_function(engine_value(lambda e: float(e.queued)))
+    version.set_function(engine_value(lambda e: float(e.weight_updates)))
+
+
+def create_app(settings: GenerationSettings | None = None) -> FastAPI:
+    """The app; the engine starts with the server and stops with it."""
+    resolved = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = Engine(resolved).start()
+        try:
+            yield
+        finally:
+            app.state.engine.close()
+            app.state.engine = None
+
+    app = FastAPI(title="pilot-commit generation", lifespan=lifespan)
+    app.state.engine = None
+    app.state.settings = resolved
+    registry = CollectorRegistry()
+    instrument(app, "generation", registry)
+    _engine_gauges(app, registry)
+    app.include_router(routes.router)
+    app.include_router(control.router)
+
+    return app

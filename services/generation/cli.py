@@ -1,0 +1,51 @@
+"""`pilot-commit generation serve`: run the embedded server with uvicorn.
+
+Flags override the `PC_GENERATION_*` environment; anything not given keeps its setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+DEFAULT_PORT = 8003
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pilot-commit generation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve /v1/completions and vLLM's weight-update API")
+    serve.add_argument("--model", help="model directory (PC_GENERATION_MODEL)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    serve.add_argument("--max-batch-size", type=int)
+    serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--weights-dir", help="base of relative update_info.path values")
+    serve.add_argument("--served-model-name")
+    serve.add_argument("--log-level", default="info")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ["model", "device", "dtype", "max_batch_size", "batch_window_ms", "weights_dir"]
+    names.append("served_model_name")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    import uvicorn
+
+    from services.generation.app import create_app
+    from services.generation.settings import GenerationSettings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = GenerationSettings(**_overrides(args))
+    if settings.model is None:
+        print("pilot-commit generation serve: --model DIR (or PC_GENERATION_MODEL) is required")
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,133 @@
+"""vLLM's weight-transfer control API, disk backend, on the embedded server.
+
+Same paths, parameters and bodies as vLLM's RLHF routes, so the trainer's `vllm`
+adapter drives this server unchanged: `/pause` (mode abort|wait|keep), `/resume`,
+`/is_paused`, `/init_weight_transfer_engine`, `/start_weight_update`, `/update_weights`
+(`update_info.path`: a safetensors directory), `/finish_weight_update` (commits
+`weight_version`), `/update_weight_version`, `/weight_info` and `/get_world_size`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Query
+
+from services.generation.deps import EngineDep
+from services.generation.engine import ConflictError
+from services.generation.models import (
+    FinishWeightUpdateRequest,
+    InitWeightTransferRequest,
+    PausedState,
+    PauseMode,
+    StartWeightUpdateRequest,
+    StatusMessage,
+    UpdateWeightsRequest,
+    UpdateWeightVersionRequest,
+    UpdateWeightVersionResponse,
+    WeightInfo,
+    WorldSize,
+)
+from services.generation.weights import (
+    WeightLoadError,
+    read_safetensors_dir,
+    resolve_weights_path,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["weight transfer (vLLM API)"])
+
+
+@router.post("/pause", response_model=StatusMessage, response_model_exclude_none=True)
+async def pause(
+    engine: EngineDep,
+    mode: Annotated[PauseMode, Query(description="abort | wait | keep, as in vLLM")] = "abort",
+    clear_cache: Annotated[bool, Query(description="Accepted for vLLM compatibility")] = True,
+) -> StatusMessage:
+    """Pause generation: cut (abort), drain (wait) or freeze (keep) the running batch."""
+    await asyncio.to_thread(engine.gate.pause, mode)
+    return StatusMessage(status="paused")
+
+
+@router.post("/resume", response_model=StatusMessage, response_model_exclude_none=True)
+async def resume(engine: EngineDep) -> StatusMessage:
+    engine.gate.resume()
+    return StatusMessage(status="resumed")
+
+
+@router.get("/is_paused", response_model=PausedState)
+async def is_paused(engine: EngineDep) -> PausedState:
+    return PausedState(is_paused=engine.gate.is_paused)
+
+
+@router.post(
+    "/init_weight_transfer_engine", response_model=StatusMessage, response_model_exclude_none=True
+)
+async def init_weight_transfer_engine(body: InitWeightTransferRequest) -> StatusMessage:
+    """Accept the disk backend's empty init info; refuse transports this server lacks."""
+    backend = body.init_info.get("backend", "disk")
+    if backend != "disk" or "master_address" in body.init_info:
+        raise HTTPException(
+            400, "the embedded server supports only the disk backend (init_info {})"
+        )
+    return StatusMessage(message="Weight transfer initialized")
+
+
+@router.post("/start_weight_update", response_model=StatusMessage, response_model_exclude_none=True)
+async def start_weight_update(
+    engine: EngineDep,
+    body: Annotated[StartWeightUpdateRequest | None, Body()] = None,
+) -> StatusMessage:
+    engine.start_weight_update()
+    return StatusMessage(message="Weight update started")
+
+
+@router.post("/update_weights", response_model=StatusMessage, response_model_exclude_none=True)
+async def update_weights(body: UpdateWeightsRequest, engine: EngineDep) -> StatusMessage:
+    """Read and check a safetensors directory; it is applied at `/finish_weight_update`."""
+    try:
+        path = resolve_weights_path(body.update_info.get("path"), engine.settings.weights_dir)
+        tensors = await asyncio.to_thread(read_safetensors_dir, path)
+        count = engine.stage_weights(tensors)
+    except WeightLoadError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return StatusMessage(message=f"Weights updated ({count} tensors staged from {path})")
+
+
+@router.post(
+    "/finish_weight_update", response_model=StatusMessage, response_model_exclude_none=True
+)
+async def finish_weight_update(
+    engine: EngineDep,
+    body: Annotated[FinishWeightUpdateRequest | None, Body()] = None,
+) -> StatusMessage:
+    """Swap the staged weights in between two decoding steps and commit the version."""
+    version = body.weight_version if body is not None else None
+    try:
+        held = await asyncio.to_thread(engine.finish_weight_update, version)
+    except ConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return StatusMessage(message=f"Weight update finished (decoding held {held * 1000:.1f} ms)")
+
+
+@router.post("/update_weight_version", response_model=UpdateWeightVersionResponse)
+async def update_weight_version(
+    body: UpdateWeightVersionRequest, engine: EngineDep
+) -> UpdateWeightVersionResponse:
+    engine.weight_version = body.new_version
+    return UpdateWeightVersionResponse(success=True, new_version=body.new_version)
+
+
+@router.get("/weight_info", response_model=WeightInfo)
+async def weight_info(engine: EngineDep) -> WeightInfo:
+    """The latest committed weight version (a restarted server reports its initial one)."""
+    return WeightInfo(weight_version=engine.weight_version)
+
+
+@router.get("/get_world_size", response_model=WorldSize)
+async def get_world_size(include_dp: Annotated[bool, Query()] = True) -> WorldSize:
+    return WorldSize(world_size=1)

@@ -1,0 +1,69 @@
+"""Settings of the embedded generation server, read from `PC_GENERATION_*` variables.
+
+Read through the cached `get_settings()` dependency, never at import time, so tests can
+pass their own `GenerationSettings` to `create_app` or override the dependency.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GenerationSettings(BaseSettings):
+    """How the embedded server loads its model and batches requests."""
+
+    model_config = SettingsConfigDict(env_prefix="PC_GENERATION_", extra="ignore")
+
+    model: Path | None = Field(
+        default=None,
+        description="Hugging Face model directory (config, safetensors, tokenizer) to serve.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the model runs; `auto` picks CUDA when available."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Model dtype; `auto` is float32 on CPU, bfloat16 on CUDA."
+    )
+    max_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Most sequences (prompts x n) decoded together in one batch.",
+    )
+    batch_window_ms: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long the batcher waits after a first request for others to join it.",
+    )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Directory that relative `update_info.path` values of `/update_weights` "
+        "are resolved against; unset means paths must be absolute, as in vLLM.",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        description="Model name in `/v1/models` and responses; defaults to the directory name.",
+    )
+    initial_weight_version: str = Field(
+        default="0",
+        description="`weight_version` reported before any weight update (a restarted server "
+        "reports it again, which is how clients notice stale weights).",
+    )
+    seed: int | None = Field(
+        default=None, description="Seed of the shared sampler for unseeded requests."
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads on CPU; unset keeps torch's."
+    )
+
+
+@lru_cache
+def get_settings() -> GenerationSettings:
+    """The process's settings, read once from the environment."""
+    return GenerationSettings()
