@@ -41,7 +41,9 @@ class Extraction:
     """The answer found in a response and the rule that found it."""
 
     text: str | None
-    source: Literal["boxed", "hashes", "answer_is", "leading", "last_number", "whole", "none"]
+    source: Literal[
+        "boxed", "hashes", "answer_is", "leading", "last_number", "whole", "letter", "none"
+    ]
 
     @property
     def boxed(self) -> bool:
@@ -157,6 +159,7 @@ def last_number(text: str) -> str | None:
 
 _CHOICE_LETTER = re.compile(r"\(?\b([A-J])\b\)?")
 _TRAILING_CHOICE = re.compile(r"(?:\(([A-J])\)|\b([A-J]))[\s.)*]*$")
+_PARENTHESISED_CHOICE = re.compile(r"\(([A-J])\)")
 
 
 def _choice(text: str) -> Extraction:
@@ -167,8 +170,9 @@ def _choice(text: str) -> Extraction:
                 return Extraction(letter.group(1), source)  # type: ignore[arg-type]
     tail = _TRAILING_CHOICE.search(text[-200:])
     if tail:
-        return Extraction(tail.group(1) or tail.group(2), "last_number")
-    return Extraction(None, "none")
+        return Extraction(tail.group(1) or tail.group(2), "letter")
+    last = _last_match(_PARENTHESISED_CHOICE, text)
+    return Extraction(last.group(1), "letter") if last else Extraction(None, "none")
 
 
 def extract_answer(response: str, task: Task) -> Extraction:
@@ -214,7 +218,12 @@ _NUM = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
 _TRAILING_UNITS = re.compile(rf"^({_NUM})\s*(?:(?:{_UNIT_WORDS})\b\s*)+(?:\^?\{{?[23]\}}?)?$")
 _TEXT_UNIT = re.compile(rf"^({_NUM})\s*\\(?:text|mbox|mathrm)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?)?$")
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|mbox|mathrm|textnormal|operatorname)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\[,;:!> ]|\\q?quad\b|~")
+_SPACING = re.compile(r"(?<!\\)\\[,;:!> ]|\\q?quad\b|~")
+_DIGIT_GROUPS = re.compile(r"(?<=\d)\\,(?=\d{3})")
+# math-verify reads `\sin 30^\circ` as sin(30 radians); spell the degrees out first.
+_TRIG_DEGREES = re.compile(
+    r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?\s*\)?"
+)
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _OPERATOR_SPACES = re.compile(r"\s*([=+\-*/^_(){}\[\],<>|])\s*")
@@ -249,7 +258,8 @@ def normalize(answer: str) -> str:
     trailing period, `x = ` in front of a single value. A percent sign is kept (as `%`)
     because 50% may mean 50 or 0.5; the comparison decides.
     """
-    text = sanitize(answer).strip()
+    text = _DIGIT_GROUPS.sub("", sanitize(answer).strip())
+    text = _TRIG_DEGREES.sub(r"\1(\\frac{\2\\pi}{180})", text)
     for old, new in _LITERAL_REPLACEMENTS:
         text = text.replace(old, new)
     text = _SPACING.sub(" ", text)

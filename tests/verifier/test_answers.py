@@ -1,0 +1,131 @@
+"""Unit tests of the pure core: extraction, normalisation, numbers, fast verdicts, reward."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.verifier import answers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("a \\boxed{1} b \\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed 5$", "5"),
+        ("\\boxed{{{x}}}", "{{x}}"),
+        ("\\boxed{unclosed", None),
+        ("no box", None),
+    ],
+)
+def test_last_boxed(text: str, expected: str | None) -> None:
+    assert answers.last_boxed(text) == expected
+
+
+def test_extraction_sources() -> None:
+    assert answers.extract_answer("x\n#### 1,234", "numeric") == answers.Extraction(
+        "1,234", "hashes"
+    )
+    assert answers.extract_answer("So the answer is 3.5. Done", "math").text == "3.5"
+    assert answers.extract_answer("357 12+1=13", "numeric").source == "leading"
+    assert answers.extract_answer("it is 12 then 13", "numeric").source == "last_number"
+    assert answers.extract_answer("just words", "math").source == "none"
+    assert answers.extract_answer("I choose (C) now", "choice").text == "C"
+
+
+def test_reference_extraction() -> None:
+    assert answers.extract_reference("48/2=24\n#### 72", "numeric") == "72"
+    assert answers.extract_reference("so $\\boxed{\\frac12}$", "math") == "\\frac12"
+    assert answers.extract_reference(" 42 ", "math") == "42"
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("$\\dfrac{1}{2}$", "\\frac{1}{2}"),
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("5\\text{ cm}^2", "5"),
+        ("18 dollars", "18"),
+        ("1,000,000.", "1000000"),
+        ("50\\%", "50%"),
+        ("90^\\circ", "90"),
+        ("x = \\frac12", "\\frac{1}{2}"),
+        ("\\text{Monday}", "Monday"),
+        ("\\pi x", "\\pi x"),
+    ],
+)
+def test_normalize(raw: str, normal: str) -> None:
+    assert answers.normalize(raw) == normal
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("42", Fraction(42)),
+        ("-0.25", Fraction(-1, 4)),
+        ("1.5e3", Fraction(1500)),
+        ("\\frac{3}{4}", Fraction(3, 4)),
+        ("-\\frac{3}{4}", Fraction(-3, 4)),
+        ("7/8", Fraction(7, 8)),
+        ("2.5\\times10^{-3}", Fraction(1, 400)),
+        ("50%", Fraction(50)),
+        ("\\frac{1}{0}", None),
+        ("1e999999999", None),
+        ("x", None),
+    ],
+)
+def test_parse_number(text: str, value: Fraction | None) -> None:
+    assert answers.parse_number(text) == value
+
+
+def test_fast_verdict_defers_only_what_it_cannot_decide() -> None:
+    assert answers.fast_verdict("42", "42", "math") == answers.Verdict(True, "match")
+    assert answers.fast_verdict("42", "41", "math") == answers.Verdict(False, "mismatch")
+    assert answers.fast_verdict("\\frac{1}{3}", "0.333333", "math") is None  # close: symbolic
+    assert answers.fast_verdict("\\sqrt{2}", "2^{1/2}", "math") is None
+    assert answers.fast_verdict("1", "1.0000001", "numeric").correct
+    assert not answers.fast_verdict("1", "1.01", "numeric").correct  # type: ignore[union-attr]
+    assert answers.fast_verdict("1", "x", "numeric") == answers.Verdict(False, "parse_error")
+
+
+def test_too_complex() -> None:
+    assert answers.too_complex("{" * 50 + "}" * 50, 1000, 40)
+    assert answers.too_complex("1" * 1001, 1000, 40)
+    assert not answers.too_complex("\\frac{\\sqrt{2}}{2}", 1000, 40)
+
+
+@pytest.mark.parametrize("bonus", [0.0, 0.1, 0.5])
+def test_reward_never_exceeds_one(bonus: float) -> None:
+    rewards = [answers.reward(c, w, bonus) for c in (False, True) for w in (False, True)]
+    assert max(rewards) == 1.0 and min(rewards) == 0.0
+    assert answers.reward(True, True, bonus) >= answers.reward(True, False, bonus)
+
+
+def test_hostile_text_is_linear() -> None:
+    nested = "\\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}"
+    huge = "word 1 " * 150_000 + "\\boxed{" * 1000
+    start = time.perf_counter()
+    assert answers.last_boxed(nested) is not None
+    for task in ("math", "numeric", "exact", "choice"):
+        answers.extract_answer(huge, task)  # type: ignore[arg-type]
+    assert time.perf_counter() - start < 2.0
+
+
+def test_surrogates_are_replaced() -> None:
+    assert answers.sanitize("a\ud800b") == "a?b"
+    assert answers.normalize("\\boxed{\udcff}") .encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.sampled_from(["math", "numeric", "exact", "choice"]))
+def test_extraction_never_raises(text: str, task: answers.Task) -> None:
+    found = answers.extract_answer(text, task)
+    if found.text is not None:
+        normal = answers.normalize(found.text)
+        answers.fast_verdict("1", normal, task)
