@@ -1,0 +1,1 @@
+"""Trainer-side access to generation servers: completions client and weight-sync adapters."""

@@ -1,0 +1,240 @@
+"""Async client for any server that speaks OpenAI `/v1/completions` with token ids.
+
+vLLM, SGLang and the embedded server all qualify. Requests are split into chunks of at
+most `max_prompts_per_request` prompts, each chunk goes to the base URL with the fewest
+outstanding requests, and a chunk that fails with a transport error or a 5xx is retried
+with backoff, on whichever server is then least loaded. 4xx answers are not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import httpx
+
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, request
+from services.generation.models import CompletionChoice, CompletionResponse, ModelList
+
+# Where each server kind reports its weight version: vLLM (and the embedded server), SGLang.
+VERSION_PATHS = ("/weight_info", "/model_info")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling parameters shared by the prompts of one `/v1/completions` call."""
+
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt (token ids or text) and how many samples to draw from it."""
+
+    prompt: list[int] | str
+    n: int = 1
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled completion with what the trainer needs for importance ratios."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The `n` samples of one request, plus the server's weight version when it reports one."""
+
+    prompt_token_ids: list[int] | None
+    samples: list[Sample]
+    weight_version: str | None
+    base_url: str
+
+
+def _token_ids(choice: CompletionChoice) -> list[int]:
+    """Generated ids from `token_ids`, or from 'token_id:<id>' logprob tokens (SGLang, old vLLM)."""
+    if choice.token_ids is not None:
+        return choice.token_ids
+    tokens = choice.logprobs.tokens if choice.logprobs is not None else []
+    if tokens and all(t.startswith("token_id:") for t in tokens):
+        return [int(t.split(":", 1)[1]) for t in tokens]
+    raise ValueError("the server returned neither token_ids nor token-id logprob tokens")
+
+
+def _sample(choice: CompletionChoice) -> Sample:
+    logprobs = choice.logprobs.token_logprobs if choice.logprobs is not None else []
+    return Sample(_token_ids(choice), list(logprobs), choice.text, choice.finish_reason)
+
+
+def split_completions(
+    response: CompletionResponse, n: int, count: int, base_url: str
+) -> list[Completion]:
+    """Regroup a response's prompt-major choices into `count` completions of `n` samples."""
+    choices = sorted(response.choices, key=lambda c: c.index)
+    if len(choices) != n * count:
+        raise ValueError(f"expected {n * count} choices, got {len(choices)}")
+    groups = [choices[i * n : (i + 1) * n] for i in range(count)]
+    version = response.weight_version
+    return [
+        Completion(g[0].prompt_token_ids, [_sample(c) for c in g], version, base_url)
+        for g in groups
+    ]
+
+
+def plan_chunks(requests: Sequence[GenerationRequest], max_prompts: int) -> list[list[int]]:
+    """Indices of `requests` grouped so each group is one call: same n, same sampling."""
+    by_key: dict[tuple[object, ...], list[int]] = {}
+    for index, req in enumerate(requests):
+        key = (req.n, req.sampling, isinstance(req.prompt, str))
+        by_key.setdefault(key, []).append(index)
+    chunks = []
+    for indices in by_key.values():
+        chunks += [indices[i : i + max_prompts] for i in range(0, len(indices), max_prompts)]
+    return chunks
+
+
+class GenerationClient:
+    """Balances `/v1/completions` calls over several servers by outstanding requests."""
+
+    def __init__(
+        self,
+        base_urls: list[str],
+        *,
+        model: str | None = None,
+        timeout: float = 300.0,
+        policy: RetryPolicy | None = None,
+        max_prompts_per_request: int = 32,
+    ) -> None:
+        if not base_urls:
+            raise ValueError("GenerationClient needs at least one base URL")
+        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.model, self.timeout = model, timeout
+        self.policy = policy or RetryPolicy()
+        self.max_prompts = max_prompts_per_request
+        self.outstanding = dict.fromkeys(self.base_urls, 0)
+        self._tie_break = itertools.count()
+        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
+
+    async def __aenter__(self) -> GenerationClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _pick(self) -> str:
+        """The server with the fewest outstanding requests; ties rotate."""
+        turn = next(self._tie_break) % len(self.base_urls)
+        order = self.base_urls[turn:] + self.base_urls[:turn]
+        return min(order, key=lambda url: self.outstanding[url])
+
+    async def model_name(self) -> str:
+        """The configured model, or the first one the first reachable server serves."""
+        if self.model is None:
+            url = self._pick()
+            response = await request(
+                self._http, "generation", "GET", f"{url}/v1/models",
+                policy=self.policy, timeout=self.timeout,
+            )  # fmt: skip
+            self.model = ModelList.model_validate(response.json()).data[0].id
+        return self.model
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """One Completion per request, in order; chunks run concurrently over the servers."""
+        model = await self.model_name()
+        chunks = plan_chunks(requests, self.max_prompts)
+        results = await asyncio.gather(
+            *(self._run_chunk([requests[i] for i in chunk], model) for chunk in chunks)
+        )
+        ordered: list[Completion | None] = [None] * len(requests)
+        for chunk, completions in zip(chunks, results, strict=True):
+            for index, completion in zip(chunk, completions, strict=True):
+                ordered[index] = completion
+        return [c for c in ordered if c is not None]
+
+    def _body(self, chunk: list[GenerationRequest], model: str) -> dict[str, object]:
+        first = chunk[0]
+        prompts = [r.prompt for r in chunk]
+        body: dict[str, object] = {
+            "model": model,
+            "prompt": prompts,
+            "n": first.n,
+            "max_tokens": first.sampling.max_tokens,
+            "temperature": first.sampling.temperature,
+            "top_p": first.sampling.top_p,
+            "logprobs": 0,
+            "return_token_ids": True,
+        }
+        if first.sampling.seed is not None:
+            body["seed"] = first.sampling.seed
+        if first.sampling.stop:
+            body["stop"] = list(first.sampling.stop)
+        return body
+
+    async def _run_chunk(self, chunk: list[GenerationRequest], model: str) -> list[Completion]:
+        body = self._body(chunk, model)
+        last_error: Exception | None = None
+        for attempt in range(self.policy.attempts):
+            url = self._pick()
+            try:
+                response = await self._post_once(url, body)
+            except ServiceError as exc:
+                if exc.status < 500:
+                    raise
+                last_error = exc
+            except ServiceUnavailable as exc:
+                last_error = exc
+            else:
+                parsed = CompletionResponse.model_validate(response.json())
+                return split_completions(parsed, chunk[0].n, len(chunk), url)
+            if attempt + 1 < self.policy.attempts:
+                await asyncio.sleep(self.policy.delay(attempt))
+        raise ServiceUnavailable(f"generation failed on every attempt: {last_error}")
+
+    async def _post_once(self, url: str, body: dict[str, object]) -> httpx.Response:
+        """One attempt on one server; the retry loop above may move to another server."""
+        self.outstanding[url] += 1
+        try:
+            return await request(
+                self._http, "generation", "POST", f"{url}/v1/completions",
+                policy=RetryPolicy(attempts=1), timeout=self.timeout, json=body,
+            )  # fmt: skip
+        finally:
+            self.outstanding[url] -= 1
+
+    async def weight_versions(self) -> dict[str, str | None]:
+        """Each server's committed weight version: `GET /weight_info` (vLLM, embedded),
+        falling back to `GET /model_info` (SGLang)."""
+        versions = await asyncio.gather(*(self._version(url) for url in self.base_urls))
+        return dict(zip(self.base_urls, versions, strict=True))
+
+    async def _version(self, url: str) -> str | None:
+        for path in VERSION_PATHS:
+            try:
+                response = await request(
+                    self._http, "generation", "GET", f"{url}{path}",
+                    policy=self.policy, timeout=self.timeout,
+                )  # fmt: skip
+            except ServiceError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            version = response.json().get("weight_version")
+            return None if version is None else str(version)
+        return None
