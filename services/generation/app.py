@@ -29,6 +29,10 @@ def _engine_gauges(app: FastAPI, registry: CollectorRegistry) -> None:
     paused.set_function(engine_value(lambda e: float(e.gate.is_paused)))
     queued.set_function(engine_value(lambda e: float(e.queued)))
     version.set_function(engine_value(lambda e: float(e.weight_updates)))
+    batches = Gauge("generation_batches", "Batches decoded so far.", registry=registry)
+    served = Gauge("generation_batched_requests", "Requests served so far.", registry=registry)
+    batches.set_function(engine_value(lambda e: float(e.batches)))
+    served.set_function(engine_value(lambda e: float(e.batched_requests)))
 
 
 def create_app(settings: GenerationSettings | None = None) -> FastAPI:

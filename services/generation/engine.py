@@ -181,6 +181,8 @@ class Engine:
         self.params = dict(self.model.state_dict())
         self.weight_version: str | None = settings.initial_weight_version
         self.weight_updates = 0
+        self.batches = 0  # batches decoded and requests served: how well batching works
+        self.batched_requests = 0
         self.gate = DecodeGate()
         self._staged: dict[str, torch.Tensor] | None = None
         self._shared_gen = torch.Generator(self.device)
@@ -236,6 +238,8 @@ class Engine:
                 self._serve(jobs)
 
     def _serve(self, jobs: list[Job]) -> None:
+        self.batches += 1
+        self.batched_requests += len(jobs)
         try:
             outputs, first, last = self._decode([s for job in jobs for s in job.sequences])
         except Exception as exc:  # surfaces as a 500 on each request of the batch

@@ -1,0 +1,79 @@
+"""The trainer's GenerationClient against real embedded servers (and a dead port)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from services.common.http import RetryPolicy, ServiceError
+from services.common.procs import free_port
+from services.generation.models import CompletionChoice, CompletionLogProbs, CompletionResponse
+from trainer.generation.client import (
+    GenerationClient,
+    GenerationRequest,
+    SamplingParams,
+    plan_chunks,
+    split_completions,
+)
+
+FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
+
+
+def test_plan_chunks_groups_by_sampling_and_caps_size() -> None:
+    a, b = SamplingParams(max_tokens=4), SamplingParams(max_tokens=8)
+    reqs = [GenerationRequest([1], 2, a)] * 5 + [GenerationRequest([1], 2, b)] * 2
+    assert plan_chunks(reqs, 2) == [[0, 1], [2, 3], [4], [5, 6]]
+
+
+def test_split_completions_reads_token_id_strings_when_token_ids_are_absent() -> None:
+    choices = [
+        CompletionChoice(
+            index=i, text="x", finish_reason="length",
+            logprobs=CompletionLogProbs(tokens=[f"token_id:{i}"], token_logprobs=[-1.0]),
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    usage = {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}
+    response = CompletionResponse.model_validate(
+        {"model": "m", "choices": [c.model_dump() for c in choices], "usage": usage}
+    )
+    completions = split_completions(response, n=2, count=2, base_url="u")
+    assert [[s.token_ids for s in c.samples] for c in completions] == [[[0], [1]], [[2], [3]]]
+    assert completions[0].weight_version is None
+
+
+async def test_generate_balances_chunks_over_servers(
+    server_url: str, update_server_url: str, tiny_model_dir: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer.encode(f"{i}+{i}=") for i in range(8)]
+    sampling = SamplingParams(max_tokens=5, seed=3)
+    requests = [GenerationRequest(p, n=3, sampling=sampling) for p in prompts]
+    async with GenerationClient(
+        [server_url, update_server_url], max_prompts_per_request=2, policy=FAST
+    ) as client:
+        completions = await client.generate(requests)
+        versions = await client.weight_versions()
+    assert len(completions) == 8
+    for prompt, completion in zip(prompts, completions, strict=True):
+        assert completion.prompt_token_ids == prompt
+        assert len(completion.samples) == 3
+        assert all(len(s.token_ids) == len(s.logprobs) > 0 for s in completion.samples)
+    assert {c.base_url for c in completions} == {server_url, update_server_url}
+    assert set(versions) == {server_url, update_server_url}
+
+
+async def test_dead_server_is_retried_elsewhere(server_url: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with GenerationClient([dead, server_url], model="tiny", policy=FAST) as client:
+        completions = await client.generate([GenerationRequest("1+2=", n=2)] * 4)
+    assert all(c.base_url == server_url for c in completions)
+
+
+async def test_bad_request_is_not_retried(server_url: str) -> None:
+    async with GenerationClient([server_url], policy=FAST) as client:
+        with pytest.raises(ServiceError) as failure:
+            await client.generate([GenerationRequest([999])])
+    assert failure.value.status == 400
