@@ -90,7 +90,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
         resolved: VerifierSettings = app.dependency_overrides.get(get_settings, get_settings)()
         pool = WorkerPool(
             resolved.workers, resolved.max_workers,
-            memory_mb=resolved.worker_memory_mb, surge_after_s=resolved.surge_after_s,
+            memory_mb=resolved.worker_memory_mb, stuck_after_s=resolved.stuck_after_s,
         )  # fmt: skip
         await pool.start()
         app.state.scorer = Scorer(resolved, pool)

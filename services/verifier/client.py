@@ -12,6 +12,7 @@ from types import TracebackType
 import httpx
 
 from services.common.http import RetryPolicy, request
+from services.verifier.answers import sanitize
 from services.verifier.models import (
     HealthResponse,
     ScoreItem,
@@ -48,6 +49,10 @@ class VerifierClient:
 
     async def _score_chunk(self, items: list[ScoreItem]) -> list[ScoreResult]:
         body = ScoreRequest(items=items).model_dump(mode="json")
+        # Lone surrogates cannot be sent as UTF-8; the server would replace them the same way.
+        for item in body["items"]:
+            item["response"], item["reference"] = (sanitize(item["response"]),
+                                                   sanitize(item["reference"]))  # fmt: skip
         # Scoring changes no state, so a retried request is harmless.
         response = await request(
             self._http, _SERVICE, "POST", "/v1/score", policy=self.policy,

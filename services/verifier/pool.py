@@ -7,8 +7,10 @@ that has not answered by the item's deadline is SIGKILLed and replaced. Only tha
 is lost (`timeout`); the other items of the batch go on in the other workers.
 
 Two more guards keep one slow item from starving the rest:
-- surge workers: a job that finds every worker busy for `surge_after_s` starts an extra
-  worker (up to `max_workers`); extras retire as soon as they are idle again;
+- surge workers: a worker busy on one item for longer than `stuck_after_s` (ordinary
+  checks take 10-150 ms) is presumed stuck, and a job waiting for a worker may start an
+  extra one in its place (up to `max_workers`); extras retire as soon as they are idle.
+  A merely long queue starts none: more processes than cores would not make it shorter;
 - workers come from a forkserver that has already imported sympy, so a replacement is
   ready in milliseconds, not the second a cold interpreter needs.
 Each worker also runs under an address-space limit, so a hostile item fails with
@@ -31,7 +33,10 @@ from services.verifier.answers import Reason
 
 log = logging.getLogger(__name__)
 
-_PRELOAD = ["services.verifier.symbolic", "math_verify", "sympy"]
+_PRELOAD = ["services.verifier.preload"]
+_READY = "ready"
+# How often a job waiting for a worker re-checks whether it may start a surge worker.
+_POLL_S = 0.05
 
 
 def _serve(conn: Connection, memory_mb: int) -> None:
@@ -41,7 +46,8 @@ def _serve(conn: Connection, memory_mb: int) -> None:
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    warm_up()
+    warm_up()  # instant when forked from the warmed-up forkserver (`preload.py`)
+    conn.send(_READY)
     while True:
         try:
             job = conn.recv()
@@ -67,9 +73,13 @@ class _Worker:
         )
         self._child = child
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the process and wait until it has warmed up (blocking: run in a thread)."""
         self.proc.start()
         self._child.close()
+        if not self.conn.poll(timeout) or self.conn.recv() != _READY:
+            self.kill()
+            raise RuntimeError(f"verifier worker not ready after {timeout}s")
 
     async def call(self, job: tuple[str, str], timeout: float) -> Reason:
         """Send one job and wait for its answer; raise TimeoutError past `timeout`."""
@@ -103,14 +113,15 @@ class WorkerPool:
     """`size` resident workers, up to `max_size` with surge workers; see module doc."""
 
     def __init__(
-        self, size: int, max_size: int, *, memory_mb: int = 0, surge_after_s: float = 0.1
+        self, size: int, max_size: int, *, memory_mb: int = 0, stuck_after_s: float = 0.25
     ) -> None:
         self.size, self.max_size = size, max(size, max_size)
-        self.memory_mb, self.surge_after_s = memory_mb, surge_after_s
+        self.memory_mb, self.stuck_after_s = memory_mb, stuck_after_s
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(_PRELOAD)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
+        self._busy_since: dict[_Worker, float] = {}
         self._waiters: deque[asyncio.Future[_Worker]] = deque()
         self._count = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -159,14 +170,20 @@ class WorkerPool:
         waiter.cancel()
         return None
 
+    def _may_surge(self) -> bool:
+        now = time.monotonic()
+        stuck = sum(now - since > self.stuck_after_s for since in self._busy_since.values())
+        return self._count < self.max_size and self._count - self.size < stuck
+
     async def _acquire(self, deadline: float) -> _Worker | None:
-        remaining = deadline - time.monotonic()
-        worker = await self._wait_idle(min(self.surge_after_s, remaining))
-        if worker is None and self._count < self.max_size:
-            return await self._spawn()
-        if worker is None:
-            worker = await self._wait_idle(deadline - time.monotonic())
-        return worker
+        """An idle worker, a surge worker in place of a stuck one, or None at `deadline`."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            worker = await self._wait_idle(min(_POLL_S, remaining))
+            if worker is not None:
+                return worker
+            if self._may_surge():
+                return await self._spawn()
+        return None
 
     async def judge(self, reference: str, answer: str, timeout: float, deadline: float) -> Reason:
         """Judge one pair within `timeout` seconds of starting and before `deadline`."""
@@ -174,6 +191,7 @@ class WorkerPool:
         if worker is None:
             return "timeout"
         budget = min(timeout, deadline - time.monotonic())
+        self._busy_since[worker] = time.monotonic()
         try:
             reason = await worker.call((reference, answer), budget)
         except TimeoutError:
@@ -182,6 +200,8 @@ class WorkerPool:
         except (EOFError, OSError):
             self._replace(worker)
             return "worker_error"
+        finally:
+            self._busy_since.pop(worker, None)
         self._release(worker)
         return reason
 

@@ -24,17 +24,17 @@ class VerifierSettings(BaseSettings):
         "running it is killed past it)."
     )  # fmt: skip
     request_timeout_s: float = Field(
-        default=3.0, gt=0, le=600, description="Hard limit of a whole request; items not "
-        "judged by then get `timeout`."
+        default=10.0, gt=0, le=600, description="Backstop for a whole request: items not "
+        "judged by then get `timeout` (see docs/verifier.md for the trade-off)."
     )  # fmt: skip
     workers: int = Field(default=2, ge=1, le=256, description="Resident worker processes.")
     max_workers: int = Field(
         default=6, ge=1, le=512, description="Worker cap including surge workers started "
         "while every resident worker is busy."
     )  # fmt: skip
-    surge_after_s: float = Field(
-        default=0.1, ge=0, le=10, description="Wait for a busy pool before starting a surge "
-        "worker."
+    stuck_after_s: float = Field(
+        default=0.25, ge=0, le=60, description="A worker busy on one item longer than this "
+        "counts as stuck: a waiting item may start a surge worker in its place."
     )  # fmt: skip
     worker_memory_mb: int = Field(
         default=2048, ge=0, description="Address-space limit of a worker in MiB (0: none)."

@@ -44,8 +44,30 @@ def judge(reference: str, answer: str) -> Reason:
     return "match" if same else "mismatch"
 
 
+# One pair per kind of answer: sympy imports its set, matrix, polynomial and relational
+# machinery lazily, and a cold worker would pay for it (up to a second) on its first item.
+_WARM_UP = [
+    ("\\frac{1}{2}", "0.5"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
+    ("x^2-1", "(x-1)(x+1)"), ("[1,2)", "(1,2]"), ("\\{1,2\\}", "\\{2,1\\}"),
+    ("(1,2)", "(2,1)"), ("y=2x+3", "y=3+2x"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"),
+    ("3+4i", "4i+3"), ("\\sin(\\frac{\\pi}{6})", "\\frac12"), ("\\text{odd}", "even"),
+    ("(-\\infty,-2)\\cup(2,\\infty)", "x>2"), ("10!", "\\binom{5}{2}"), ("\\log_2 8", "e^2"),
+]  # fmt: skip
+
+
+_warm = False
+
+
 def warm_up() -> None:
-    """Import sympy and math-verify and exercise the parser once (a worker's first item
-    would otherwise pay about a second for it)."""
+    """Import sympy and math-verify and judge one pair of each kind (see `_WARM_UP`).
+
+    Once per process; a process forked from a warm one is warm.
+    """
+    global _warm
+    if _warm:
+        return
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    judge("\\frac{1}{2}", "0.5")
+    for reference, answer in _WARM_UP:
+        judge(reference, answer)
+    _parse_reference.cache_clear()
+    _warm = True

@@ -119,7 +119,7 @@ def test_hostile_text_is_linear() -> None:
 
 def test_surrogates_are_replaced() -> None:
     assert answers.sanitize("a\ud800b") == "a?b"
-    assert answers.normalize("\\boxed{\udcff}") .encode()
+    assert answers.normalize("\\boxed{\udcff}").encode()
 
 
 @settings(max_examples=200, deadline=None)

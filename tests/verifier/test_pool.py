@@ -14,7 +14,7 @@ HOSTILE = "9^{9^{9^{9}}}"
 
 
 async def test_hung_worker_is_killed_and_the_rest_go_on() -> None:
-    pool = WorkerPool(2, 4, memory_mb=2048, surge_after_s=0.05)
+    pool = WorkerPool(2, 4, memory_mb=2048, stuck_after_s=0.2)
     await pool.start()
     try:
         timeout = 1.0
