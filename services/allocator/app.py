@@ -23,6 +23,7 @@ from services.allocator import models as m
 from services.allocator.core import AllocationError
 from services.allocator.settings import AllocatorSettings, get_settings
 from services.allocator.store import AllocatorStore, Conflict, Invalid, NotFound
+from services.common.errors import install_validation_handler
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
@@ -96,6 +97,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, handler(409))
     app.add_exception_handler(AllocationError, handler(409))
     app.add_exception_handler(Invalid, handler(422))
+    install_validation_handler(app)
 
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)

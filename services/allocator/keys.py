@@ -33,6 +33,11 @@ class RunKeys:
         return f"{self.prefix}:evict_pending"
 
     @property
+    def step_trained(self) -> str:
+        """Prompts already in the current step's train batch (a prompt trains once a step)."""
+        return f"{self.prefix}:step_trained"
+
+    @property
     def pattern(self) -> str:
         return f"{self.prefix}:*"
 

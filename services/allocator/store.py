@@ -124,7 +124,14 @@ class AllocatorStore:
                     await pipe.watch(keys.state)
                     raw = await pipe.hgetall(keys.state)
                     state = {_s(k): _s(v) for k, v in raw.items()}
-                    result, writer = await body(state)
+                    try:
+                        result, writer = await body(state)
+                    except Exception:
+                        # Reads after WATCH go through other connections; if another
+                        # replica committed meanwhile they may disagree. Retry then.
+                        if await pipe.hget(keys.state, "version") != raw.get(b"version"):
+                            continue
+                        raise
                     if writer is None:
                         return result
                     pipe.multi()
@@ -174,8 +181,12 @@ class AllocatorStore:
         if counters.cursor >= run.spec.num_prompts:
             rollover = await self._rollover(keys, counters)
             counters = rollover.counters
+        excluded = {int(x) for x in await self.redis.smembers(keys.step_trained)}
         buffer = [] if rollover else await self._buffer(keys)
-        decision = await self._decide_plan(run, keys, counters, buffer)
+        buffer = [e for e in buffer if e.prompt_id not in excluded]
+        if rollover:  # its evictions are not written yet
+            excluded |= set(rollover.evicted)
+        decision = await self._decide_plan(run, keys, counters, buffer, excluded)
         if not decision.items:
             raise AllocationError(
                 "nothing left to plan: every prompt is evicted and the buffer is empty"
@@ -218,8 +229,18 @@ class AllocatorStore:
         return plan, write
 
     async def _decide_plan(
-        self, run: Run, keys: RunKeys, counters: Counters, buffer: list[BufferEntry]
+        self,
+        run: Run,
+        keys: RunKeys,
+        counters: Counters,
+        buffer: list[BufferEntry],
+        excluded: set[int],
     ) -> Any:
+        """Let the strategy plan over a window of plannable candidates, widening it as asked.
+
+        Evicted prompts and prompts already trained this step (possible when a small
+        dataset's epoch ends mid-step) are not plannable.
+        """
         strategy, n = run.strategy, run.spec.num_prompts
         width = strategy.window_size(counters)
         while True:
@@ -229,7 +250,7 @@ class AllocatorStore:
             window = [
                 Candidate(counters.cursor + i, pid, stats[pid])
                 for i, pid in enumerate(ids)
-                if stats[pid].status is not Status.EVICTED
+                if stats[pid].status is not Status.EVICTED and pid not in excluded
             ]
             ctx = PlanContext(counters, n, run.spec.seed, window, end, end >= n, buffer)
             decision = strategy.plan_round(ctx)
@@ -331,6 +352,8 @@ class AllocatorStore:
         def write(pipe: Pipeline) -> None:
             self._write_outcome(pipe, keys, outcome)
             pipe.hset(keys.state, mapping={"open_plan": "", "committed": committed})
+            if outcome.train:
+                pipe.sadd(keys.step_trained, *[t.prompt_id for t in outcome.train])
             pipe.set(keys.result(plan.plan_id), record, ex=self.ttl_s)
             pipe.delete(keys.plan(plan.plan_id) + ":taken")
 
@@ -405,6 +428,7 @@ class AllocatorStore:
                     pipe.hincrby(keys.state, "expired", len(expired))
                 _write_stats(pipe, keys, updates)
                 pipe.hset(keys.state, mapping={"step": step + 1, "round": 0, "committed": 0})
+                pipe.delete(keys.step_trained)
                 pipe.hincrby(keys.state, "steps_completed", 1)
                 pipe.set(keys.step_done(step), answer.model_dump_json(), ex=self.ttl_s)
 

@@ -15,6 +15,7 @@ class StepLog:
     train: list[m.TrainGroupOut] = field(default_factory=list)
     plans: list[m.Plan] = field(default_factory=list)
     results: list[m.ResultsResponse] = field(default_factory=list)
+    rewards: list[list[list[float]]] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)
 
 
@@ -38,7 +39,9 @@ async def drive(store: AllocatorStore, run_id: str, reward_fn, steps: int) -> li
         while True:
             plan = await store.plan(run_id, f"{run_id}-{summary.step}-{len(log.plans)}")
             log.plans.append(plan)
-            result = await store.report(run_id, plan.plan_id, reward_fn(plan))
+            rewards = reward_fn(plan)
+            log.rewards.append(rewards)
+            result = await store.report(run_id, plan.plan_id, rewards)
             log.results.append(result)
             log.train.extend(result.train)
             if result.batch_complete:
