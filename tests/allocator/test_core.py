@@ -28,16 +28,25 @@ from services.allocator.strategies.pilot_commit import PilotCommit, PilotCommitC
 
 
 def pc(**kw: object) -> PilotCommit:
-    base: dict[str, object] = {"train_batch_size": 2, "gen_batch_size": 4, "n_pilot": 4,
-                               "n_commit": 4}  # fmt: skip
+    base: dict[str, object] = {
+        "train_batch_size": 2,
+        "gen_batch_size": 4,
+        "n_pilot": 4,
+        "n_commit": 4,
+    }
     return PilotCommit(PilotCommitConfig.model_validate({**base, **kw}))
 
 
-def ctx(ids: list[int], buffer: list[BufferEntry] = (), counters: Counters = Counters(),
-        end: int | None = None, n: int = 100) -> PlanContext:  # fmt: skip
+def ctx(
+    ids: list[int],
+    buffer: list[BufferEntry] = (),
+    counters: Counters | None = None,
+    end: int | None = None,
+    n: int = 100,
+) -> PlanContext:
     window = [Candidate(i, pid, PromptStats()) for i, pid in enumerate(ids)]
     stop = len(ids) if end is None else end
-    return PlanContext(counters, n, 0, window, stop, stop >= n, list(buffer))
+    return PlanContext(counters or Counters(), n, 0, window, stop, stop >= n, list(buffer))
 
 
 def entry(pid: int, std: float, step: int = 0, seq: int = 0) -> BufferEntry:
@@ -64,8 +73,9 @@ def test_permutation_depends_on_seed_and_epoch_and_slices_agree() -> None:
 
 
 def test_prompt_stats_round_trip_is_40_bytes() -> None:
-    stats = PromptStats(7, 3, 3.5, 0.25, 0.4330127, 12, Status.BUFFERED, Outcome.PASS, 2, 0,
-                        1.5, 2.5, 11)  # fmt: skip
+    stats = PromptStats(
+        7, 3, 3.5, 0.25, 0.4330127, 12, Status.BUFFERED, Outcome.PASS, 2, 0, 1.5, 2.5, 11
+    )
     raw = stats.pack()
     assert len(raw) == 40
     back = PromptStats.unpack(raw)
@@ -201,8 +211,15 @@ def test_grpo_plans_the_missing_prompts_with_full_groups_and_trains_all() -> Non
         (p, Role.FULL, 4) for p in (5, 6, 7)
     ]
     items = plan.items
-    out = strategy.apply_results(ResultContext(Counters(), items, [[0] * 4, [1] * 4, [1, 0, 1, 0]],
-                                               {p: PromptStats() for p in (5, 6, 7)}, {}))  # fmt: skip
+    out = strategy.apply_results(
+        ResultContext(
+            Counters(),
+            items,
+            [[0] * 4, [1] * 4, [1, 0, 1, 0]],
+            {p: PromptStats() for p in (5, 6, 7)},
+            {},
+        )
+    )
     assert [t.prompt_id for t in out.train] == [5, 6, 7]
 
 

@@ -137,8 +137,14 @@ def test_baseline_invariants(redis_url: str, config: dict, rates: list[float], s
 
 def test_random_sampling_is_reproducible(redis_url: str) -> None:
     """Same seed, same rewards: the same plans, round for round."""
-    config = {"strategy": "pilot_commit", "train_batch_size": 3, "gen_batch_size": 6,
-              "n_pilot": 4, "n_commit": 4, "buffer_sampling": "random"}  # fmt: skip
+    config = {
+        "strategy": "pilot_commit",
+        "train_batch_size": 3,
+        "gen_batch_size": 6,
+        "n_pilot": 4,
+        "n_commit": 4,
+        "buffer_sampling": "random",
+    }
     rates = [random.Random(i).choice([0.2, 0.5, 0.8]) for i in range(40)]
 
     async def plans() -> list[list[int]]:

@@ -15,16 +15,25 @@ from services.allocator.client import AllocatorClient
 from services.common.http import RetryPolicy, ServiceError
 from services.common.procs import ManagedProcess, free_port, start_redis, start_service
 
-PC = {"strategy": "pilot_commit", "train_batch_size": 2, "gen_batch_size": 6, "n_pilot": 4,
-      "n_commit": 4, "p_lower": 0.25, "p_upper": 0.25, "exclude_threshold": 1.0}  # fmt: skip
+PC = {
+    "strategy": "pilot_commit",
+    "train_batch_size": 2,
+    "gen_batch_size": 6,
+    "n_pilot": 4,
+    "n_commit": 4,
+    "p_lower": 0.25,
+    "p_upper": 0.25,
+    "exclude_threshold": 1.0,
+}
 NO_RETRY = RetryPolicy(attempts=1)
 
 
 def start_allocator(redis_url: str, log_dir: Path, **env: str) -> tuple[ManagedProcess, str]:
     port = free_port()
     env = {"PC_ALLOCATOR_REDIS_URL": redis_url, **env}
-    proc = start_service(f"allocator-{port}", ["allocator", "serve"], port=port, log_dir=log_dir,
-                         env=env)  # fmt: skip
+    proc = start_service(
+        f"allocator-{port}", ["allocator", "serve"], port=port, log_dir=log_dir, env=env
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -41,8 +50,9 @@ def new_run_id() -> str:
 
 def rewards_for(plan: m.Plan, solved: set[int] = frozenset()) -> list[list[float]]:
     """Half right for most prompts; all right for `solved` ones."""
-    return [[1.0 if (p.prompt_id in solved or k % 2) else 0.0 for k in range(p.n)]
-            for p in plan.items]  # fmt: skip
+    return [
+        [1.0 if (p.prompt_id in solved or k % 2) else 0.0 for k in range(p.n)] for p in plan.items
+    ]
 
 
 async def test_session_plan_report_complete(allocator: str) -> None:
@@ -110,8 +120,9 @@ async def test_bad_input_is_4xx_with_reason_and_changes_nothing(allocator: str) 
             assert r.status_code == 422 and "expects 4 rewards, got 3" in r.text
             r = await http.post(url, content=b"x" * (17 * 1024 * 1024))
             assert r.status_code == 413 and "exceeds the limit" in r.text
-            r = await http.post(f"{allocator}/v1/runs/{run_id}/plans/nope/results",
-                                json={"rewards": []})  # fmt: skip
+            r = await http.post(
+                f"{allocator}/v1/runs/{run_id}/plans/nope/results", json={"rewards": []}
+            )
             assert r.status_code == 404
             r = await http.get(f"{allocator}/v1/runs/no-such-run")
             assert r.status_code == 404 and "unknown run" in r.text
@@ -164,8 +175,9 @@ async def test_ops_endpoints_and_openapi(allocator: str) -> None:
         assert "allocator_http_requests_total" in metrics
         schema = (await http.get("/openapi.json")).json()
         pc_schema = schema["components"]["schemas"]["PilotCommitConfig"]["properties"]
-        assert all("description" in field for name, field in pc_schema.items()
-                   if name != "strategy")  # fmt: skip
+        assert all(
+            "description" in field for name, field in pc_schema.items() if name != "strategy"
+        )
 
 
 async def test_token_guards_mutations(redis_url: str, log_dir: Path) -> None:
@@ -195,16 +207,20 @@ async def test_two_allocators_never_double_commit(redis_url: str, log_dir: Path)
         trained: list[int] = []
         for step in range(6):
             for round_ in range(100):
-                attempts = [c.plan(run_id, request_id=f"{step}-{round_}-{k}") for k in range(4)
-                            for c in clients]  # fmt: skip
+                attempts = [
+                    c.plan(run_id, request_id=f"{step}-{round_}-{k}")
+                    for k in range(4)
+                    for c in clients
+                ]
                 outcomes = await asyncio.gather(*attempts, return_exceptions=True)
                 plans = [o for o in outcomes if isinstance(o, m.Plan)]
                 assert len({p.plan_id for p in plans}) == 1, outcomes
                 assert all(isinstance(o, m.Plan) or o.status == 409 for o in outcomes)
                 plan = plans[0]
                 rewards = rewards_for(plan)
-                answers = await asyncio.gather(*[c.report(run_id, plan.plan_id, rewards)
-                                                 for c in clients for _ in range(3)])  # fmt: skip
+                answers = await asyncio.gather(
+                    *[c.report(run_id, plan.plan_id, rewards) for c in clients for _ in range(3)]
+                )
                 assert all(a == answers[0] for a in answers)
                 trained += [t.prompt_id for t in answers[0].train]
                 if answers[0].batch_complete:
