@@ -6,14 +6,21 @@ slot and a MULTI/EXEC over them is legal. The run index is the only key outside 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 RUNS_INDEX = "pc:runs"
 BUCKET_SIZE = 64  # prompts per statistics hash; small enough for Redis's listpack encoding
 
 
 class RunKeys:
-    def __init__(self, run_id: str) -> None:
+    """Key names of one run. `slots` maps prompt ids to statistics slots (see `locate`)."""
+
+    def __init__(
+        self, run_id: str, slots: Callable[[Sequence[int]], Sequence[int]] | None = None
+    ) -> None:
         self.run_id = run_id
         self.prefix = f"pc:{{{run_id}}}"
+        self._slots = slots
 
     @property
     def config(self) -> str:
@@ -47,15 +54,36 @@ class RunKeys:
     def result(self, plan_id: str) -> str:
         return f"{self.prefix}:result:{plan_id}"
 
-    def request(self, request_id: str) -> str:
-        return f"{self.prefix}:request:{request_id}"
+    @property
+    def requests(self) -> str:
+        """Hash request id -> plan id for the current step's plan calls."""
+        return f"{self.prefix}:requests"
 
-    def step_done(self, step: int) -> str:
-        return f"{self.prefix}:step_done:{step}"
+    @property
+    def step_plans(self) -> str:
+        """Plan ids of the current step, whose records are dropped when the step completes."""
+        return f"{self.prefix}:step_plans"
 
-    def stats_bucket(self, prompt_id: int) -> str:
-        return f"{self.prefix}:stats:{prompt_id // BUCKET_SIZE}"
+    @property
+    def applied(self) -> str:
+        """Hash plan id -> digest of its rewards, for every plan ever reported."""
+        return f"{self.prefix}:applied"
 
+    def taken(self, plan_id: str) -> str:
+        """Buffer entries an open plan took for its commit items."""
+        return f"{self.prefix}:taken:{plan_id}"
 
-def stats_field(prompt_id: int) -> str:
-    return str(prompt_id % BUCKET_SIZE)
+    @property
+    def last_step_done(self) -> str:
+        """The answer to the latest step completion, returned again to a retry."""
+        return f"{self.prefix}:last_step_done"
+
+    def locate(self, prompt_ids: Sequence[int]) -> list[tuple[str, str]]:
+        """(hash key, field) of each prompt's statistics record.
+
+        Records are placed by the prompt's position in the run's first epoch, not by its
+        id: prompts seen early in a run then share buckets, which keeps memory per
+        prompt seen low even when a small part of a huge pool has been visited.
+        """
+        slots = self._slots(prompt_ids) if self._slots else prompt_ids
+        return [(f"{self.prefix}:stats:{s // BUCKET_SIZE}", str(s % BUCKET_SIZE)) for s in slots]

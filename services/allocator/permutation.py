@@ -9,6 +9,7 @@ with numpy, and identical on every allocator replica.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -34,27 +35,48 @@ class EpochPermutation:
         self._mask = np.uint64((1 << self._half) - 1)
         self._keys = _round_keys(seed, epoch)
 
+    def _mix(self, half: npt.NDArray[np.uint64], key: np.uint64) -> npt.NDArray[np.uint64]:
+        with np.errstate(over="ignore"):
+            mixed = (half ^ key) * _M1
+            mixed = (mixed ^ (mixed >> np.uint64(29))) * _M2
+        out: npt.NDArray[np.uint64] = (mixed >> np.uint64(17)) & self._mask
+        return out
+
     def _feistel(self, x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         shift = np.uint64(self._half)
         left, right = x >> shift, x & self._mask
-        with np.errstate(over="ignore"):
-            for key in self._keys:
-                mixed = (right ^ key) * _M1
-                mixed = (mixed ^ (mixed >> np.uint64(29))) * _M2
-                left, right = right, left ^ ((mixed >> np.uint64(17)) & self._mask)
+        for key in self._keys:
+            left, right = right, left ^ self._mix(right, key)
         out: npt.NDArray[np.uint64] = (left << shift) | right
         return out
+
+    def _feistel_inverse(self, x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+        shift = np.uint64(self._half)
+        left, right = x >> shift, x & self._mask
+        for key in reversed(self._keys):
+            left, right = right ^ self._mix(left, key), left
+        out: npt.NDArray[np.uint64] = (left << shift) | right
+        return out
+
+    def _walk(self, values: npt.NDArray[np.uint64], step: object) -> list[int]:
+        # Cycle walking: a value outside [0, n) is mapped again until it lands inside;
+        # this keeps the map a bijection on [0, n).
+        outside = values >= self.n
+        while outside.any():
+            values[outside] = step(values[outside])  # type: ignore[operator]
+            outside = values >= self.n
+        return [int(v) for v in values]
+
+    def positions(self, prompt_ids: Sequence[int]) -> list[int]:
+        """Inverse of `ids`: the position of each prompt id in this epoch's order."""
+        if not prompt_ids:
+            return []
+        values = self._feistel_inverse(np.array(prompt_ids, dtype=np.uint64))
+        return self._walk(values, self._feistel_inverse)
 
     def ids(self, start: int, stop: int) -> list[int]:
         """Prompt ids at positions [start, stop) of this epoch's order."""
         stop = min(stop, self.n)
         if start >= stop:
             return []
-        values = self._feistel(np.arange(start, stop, dtype=np.uint64))
-        # Cycle walking: a value outside [0, n) is encrypted again until it lands inside;
-        # this keeps the map a bijection on [0, n).
-        outside = values >= self.n
-        while outside.any():
-            values[outside] = self._feistel(values[outside])
-            outside = values >= self.n
-        return [int(v) for v in values]
+        return self._walk(self._feistel(np.arange(start, stop, dtype=np.uint64)), self._feistel)

@@ -88,12 +88,36 @@ class PromptStats:
     def unpack(cls, raw: bytes | None) -> PromptStats:
         if not raw:
             return cls()
-        (rollouts, successes, reward_sum, pass_rate, std, last_step, status, outcome,
-         correct, wrong, aux_a, aux_b, aux_step) = _RECORD.unpack(raw)  # fmt: skip
+        (
+            rollouts,
+            successes,
+            reward_sum,
+            pass_rate,
+            std,
+            last_step,
+            status,
+            outcome,
+            correct,
+            wrong,
+            aux_a,
+            aux_b,
+            aux_step,
+        ) = _RECORD.unpack(raw)
         return cls(
-            rollouts, successes, reward_sum, pass_rate, std, last_step, Status(status),
-            Outcome(outcome), correct, wrong, aux_a, aux_b, aux_step,
-        )  # fmt: skip
+            rollouts,
+            successes,
+            reward_sum,
+            pass_rate,
+            std,
+            last_step,
+            Status(status),
+            Outcome(outcome),
+            correct,
+            wrong,
+            aux_a,
+            aux_b,
+            aux_step,
+        )
 
     def with_status(self, status: Status, outcome: Outcome | None = None) -> PromptStats:
         return replace(self, status=status, last_outcome=outcome or self.last_outcome)

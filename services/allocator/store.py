@@ -14,7 +14,6 @@ answer and changes nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -35,7 +34,7 @@ from services.allocator.core import (
     RoundOutcome,
     Strategy,
 )
-from services.allocator.keys import RUNS_INDEX, RunKeys, stats_field
+from services.allocator.keys import RUNS_INDEX, RunKeys
 from services.allocator.permutation import EpochPermutation
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
 from services.allocator.strategies import load_all
@@ -62,6 +61,7 @@ class Run:
     run_id: str
     spec: m.RunSpec
     strategy: Strategy
+    keys: RunKeys
 
 
 class AllocatorStore:
@@ -95,7 +95,9 @@ class AllocatorStore:
             raise NotFound(f"unknown run {run_id!r}")
         spec = m.RunSpec.model_validate_json(raw)
         strategy_cls = load_all()[spec.config.strategy]  # type: ignore[attr-defined]
-        run = Run(run_id, spec, strategy_cls(spec.config))
+        first_epoch = EpochPermutation(spec.num_prompts, spec.seed, 0)
+        keys = RunKeys(run_id, first_epoch.positions)
+        run = Run(run_id, spec, strategy_cls(spec.config), keys)
         self._runs[run_id] = run
         return run
 
@@ -146,10 +148,11 @@ class AllocatorStore:
     # ---- planning ----
 
     async def plan(self, run_id: str, request_id: str) -> m.Plan:
-        run, keys = await self.run(run_id), RunKeys(run_id)
+        run = await self.run(run_id)
+        keys = run.keys
 
         async def body(state: dict[str, str]) -> tuple[m.Plan, Writer | None]:
-            known = await self.redis.get(keys.request(request_id))
+            known = await self.redis.hget(keys.requests, request_id)
             if known is not None:
                 return await self._stored_plan(keys, _s(known)), None
             if state.get("open_plan"):
@@ -208,11 +211,12 @@ class AllocatorStore:
             if rollover:
                 rollover.write(pipe)
             pipe.set(keys.plan(plan.plan_id), plan.model_dump_json(), ex=self.ttl_s)
-            pipe.set(keys.request(request_id), plan.plan_id, ex=self.ttl_s)
+            pipe.hset(keys.requests, request_id, plan.plan_id)
+            pipe.sadd(keys.step_plans, plan.plan_id)
             if decision.taken_from_buffer:
                 pipe.hdel(keys.buffer, *[e.prompt_id for e in decision.taken_from_buffer])
                 pipe.set(
-                    keys.plan(plan.plan_id) + ":taken",
+                    keys.taken(plan.plan_id),
                     _pack_entries(decision.taken_from_buffer),
                     ex=self.ttl_s,
                 )
@@ -277,8 +281,7 @@ class AllocatorStore:
         return _Rollover(keys, self, new, pending, flushed, updates)
 
     async def complete_epoch(self, run_id: str) -> m.EpochCompleteResponse:
-        await self.run(run_id)
-        keys = RunKeys(run_id)
+        keys = (await self.run(run_id)).keys
 
         async def body(state: dict[str, str]) -> tuple[m.EpochCompleteResponse, Writer]:
             if state.get("open_plan"):
@@ -296,16 +299,19 @@ class AllocatorStore:
     async def report(
         self, run_id: str, plan_id: str, rewards: list[list[float]]
     ) -> m.ResultsResponse:
-        run, keys = await self.run(run_id), RunKeys(run_id)
+        run = await self.run(run_id)
+        keys = run.keys
         digest = _digest(rewards)
 
         async def body(state: dict[str, str]) -> tuple[m.ResultsResponse, Writer | None]:
-            stored = await self.redis.get(keys.result(plan_id))
-            if stored is not None:
-                record = json.loads(stored)
-                if record["digest"] != digest:
+            applied = await self.redis.hget(keys.applied, plan_id)
+            if applied is not None:
+                if _s(applied) != digest:
                     raise Conflict(f"plan {plan_id} was already reported with other rewards")
-                return m.ResultsResponse.model_validate(record["response"]), None
+                stored = await self.redis.get(keys.result(plan_id))
+                if stored is None:
+                    raise Conflict(f"plan {plan_id} was applied in a step that has completed")
+                return m.ResultsResponse.model_validate_json(stored), None
             plan = await self._stored_plan(keys, plan_id)
             if state.get("open_plan") != plan_id:
                 raise Conflict(f"plan {plan_id} is not open (abandoned, or superseded)")
@@ -326,7 +332,7 @@ class AllocatorStore:
         counters = _counters(state)
         items = [PlanItem(i.prompt_id, i.role, i.n, tuple(i.reuse)) for i in plan.items]
         stats = await self._read_stats(keys, [i.prompt_id for i in items])
-        taken_raw = await self.redis.get(keys.plan(plan.plan_id) + ":taken")
+        taken_raw = await self.redis.get(keys.taken(plan.plan_id))
         taken = {e.prompt_id: e for e in _unpack_entries(taken_raw)}
         outcome = run.strategy.apply_results(ResultContext(counters, items, rewards, stats, taken))
         committed = counters.committed + len(outcome.train)
@@ -347,15 +353,15 @@ class AllocatorStore:
             train_batch_size=cfg.train_batch_size,
             batch_complete=committed >= cfg.train_batch_size,
         )
-        record = json.dumps({"digest": digest, "response": response.model_dump(mode="json")})
 
         def write(pipe: Pipeline) -> None:
             self._write_outcome(pipe, keys, outcome)
             pipe.hset(keys.state, mapping={"open_plan": "", "committed": committed})
             if outcome.train:
                 pipe.sadd(keys.step_trained, *[t.prompt_id for t in outcome.train])
-            pipe.set(keys.result(plan.plan_id), record, ex=self.ttl_s)
-            pipe.delete(keys.plan(plan.plan_id) + ":taken")
+            pipe.hset(keys.applied, plan.plan_id, digest)
+            pipe.set(keys.result(plan.plan_id), response.model_dump_json(), ex=self.ttl_s)
+            pipe.delete(keys.taken(plan.plan_id))
 
         return response, write
 
@@ -371,21 +377,20 @@ class AllocatorStore:
 
     async def abandon(self, run_id: str, plan_id: str) -> m.Plan:
         """Close an open plan without results; its commit prompts go back to the buffer."""
-        await self.run(run_id)
-        keys = RunKeys(run_id)
+        keys = (await self.run(run_id)).keys
 
         async def body(state: dict[str, str]) -> tuple[m.Plan, Writer | None]:
             plan = await self._stored_plan(keys, plan_id)
             if state.get("open_plan") != plan_id:
                 raise Conflict(f"plan {plan_id} is not open")
-            taken = _unpack_entries(await self.redis.get(keys.plan(plan_id) + ":taken"))
+            taken = _unpack_entries(await self.redis.get(keys.taken(plan_id)))
 
             def write(pipe: Pipeline) -> None:
                 if taken:
                     pipe.hset(keys.buffer, mapping={e.prompt_id: e.pack() for e in taken})
                 pipe.hset(keys.state, "open_plan", "")
                 pipe.hincrby(keys.state, "plans_abandoned", 1)
-                pipe.delete(keys.plan(plan_id) + ":taken")
+                pipe.delete(keys.taken(plan_id))
 
             return plan, write
 
@@ -394,12 +399,15 @@ class AllocatorStore:
     # ---- steps ----
 
     async def complete_step(self, run_id: str, step: int) -> m.StepCompleteResponse:
-        run, keys = await self.run(run_id), RunKeys(run_id)
+        run = await self.run(run_id)
+        keys = run.keys
 
         async def body(state: dict[str, str]) -> tuple[m.StepCompleteResponse, Writer | None]:
-            done = await self.redis.get(keys.step_done(step))
+            done = await self.redis.get(keys.last_step_done)
             if done is not None:
-                return m.StepCompleteResponse.model_validate_json(done), None
+                last = m.StepCompleteResponse.model_validate_json(done)
+                if last.step_completed == step:
+                    return last, None
             counters = _counters(state)
             if step != counters.step:
                 raise Conflict(f"step {step} is not the current step {counters.step}")
@@ -410,6 +418,10 @@ class AllocatorStore:
                     f"open plan {state.get('open_plan') or 'none'}"
                 )
             buffer = await self._buffer(keys)
+            # The step's plans and results were kept for retries within the step; once it
+            # completes only their digests (`applied`) remain, keeping memory per step flat.
+            plan_ids = [_s(p) for p in await self.redis.smembers(keys.step_plans)]
+            records = [k for p in plan_ids for k in (keys.plan(p), keys.result(p), keys.taken(p))]
             expired = run.strategy.expire(step, buffer)
             stats = await self._read_stats(keys, [e.prompt_id for e in expired])
             updates = {
@@ -428,9 +440,9 @@ class AllocatorStore:
                     pipe.hincrby(keys.state, "expired", len(expired))
                 _write_stats(pipe, keys, updates)
                 pipe.hset(keys.state, mapping={"step": step + 1, "round": 0, "committed": 0})
-                pipe.delete(keys.step_trained)
+                pipe.delete(keys.step_trained, keys.requests, keys.step_plans, *records)
                 pipe.hincrby(keys.state, "steps_completed", 1)
-                pipe.set(keys.step_done(step), answer.model_dump_json(), ex=self.ttl_s)
+                pipe.set(keys.last_step_done, answer.model_dump_json())
 
             return answer, write
 
@@ -448,12 +460,13 @@ class AllocatorStore:
     async def prompt(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
         run = await self.run(run_id)
         self._check_prompt(run, prompt_id)
-        stats = (await self._read_stats(RunKeys(run_id), [prompt_id]))[prompt_id]
+        stats = (await self._read_stats(run.keys, [prompt_id]))[prompt_id]
         return _stats_out(prompt_id, stats)
 
     async def set_evicted(self, run_id: str, prompt_id: int, evicted: bool) -> m.PromptStatsOut:
         """Evict (at once) or restore a prompt by hand; idempotent."""
-        run, keys = await self.run(run_id), RunKeys(run_id)
+        run = await self.run(run_id)
+        keys = run.keys
         self._check_prompt(run, prompt_id)
 
         async def body(state: dict[str, str]) -> tuple[m.PromptStatsOut, Writer | None]:
@@ -479,7 +492,8 @@ class AllocatorStore:
         return await self._transact(keys, body)
 
     async def summary(self, run_id: str) -> m.RunSummary:
-        run, keys = await self.run(run_id), RunKeys(run_id)
+        run = await self.run(run_id)
+        keys = run.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.state)
             pipe.hlen(keys.buffer)
@@ -509,17 +523,20 @@ class AllocatorStore:
         return sorted((BufferEntry.unpack(_b(v)) for v in raw.values()), key=lambda e: e.seq)
 
     async def _read_stats(self, keys: RunKeys, ids: Iterable[int]) -> dict[int, PromptStats]:
-        by_bucket: dict[str, list[int]] = {}
-        for pid in dict.fromkeys(ids):
-            by_bucket.setdefault(keys.stats_bucket(pid), []).append(pid)
+        unique = list(dict.fromkeys(ids))
+        by_bucket: dict[str, tuple[list[int], list[str]]] = {}
+        for pid, (bucket, field) in zip(unique, keys.locate(unique), strict=True):
+            pids, names = by_bucket.setdefault(bucket, ([], []))
+            pids.append(pid)
+            names.append(field)
         if not by_bucket:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket, pids in by_bucket.items():
-                pipe.hmget(bucket, [stats_field(p) for p in pids])
+            for bucket, (_, names) in by_bucket.items():
+                pipe.hmget(bucket, names)
             answers = await pipe.execute()
         out: dict[int, PromptStats] = {}
-        for pids, values in zip(by_bucket.values(), answers, strict=True):
+        for (pids, _), values in zip(by_bucket.values(), answers, strict=True):
             for pid, raw in zip(pids, values, strict=True):
                 out[pid] = PromptStats.unpack(raw)
         return out
@@ -545,8 +562,9 @@ class _Rollover:
 
 def _write_stats(pipe: Pipeline, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
     by_bucket: dict[str, dict[str, bytes]] = {}
-    for pid, value in stats.items():
-        by_bucket.setdefault(keys.stats_bucket(pid), {})[stats_field(pid)] = value.pack()
+    ids = list(stats)
+    for pid, (bucket, field) in zip(ids, keys.locate(ids), strict=True):
+        by_bucket.setdefault(bucket, {})[field] = stats[pid].pack()
     for bucket, mapping in by_bucket.items():
         pipe.hset(bucket, mapping=mapping)  # type: ignore[arg-type]
 

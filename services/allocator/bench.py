@@ -1,0 +1,176 @@
+"""`pilot-commit bench allocator`: the allocator at paper scale, over HTTP, on a real Redis.
+
+Each pool size gets a fresh redis-server and allocator process. A Pilot-Commit run at the
+paper's 1.5B proportions (384 prompts x 32 pilot rollouts and 128 x 96 commit rollouts
+per round, i.e. up to 24,576 rewards per results call) is driven for a few steps with
+Bernoulli rewards from fixed per-prompt pass rates. Latencies are measured at the
+client, so they include HTTP, JSON and Redis round trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from services.allocator import models as m
+from services.allocator.client import AllocatorClient
+from services.common.procs import free_port, start_redis, start_service
+
+PAPER_CONFIG = {
+    "strategy": "pilot_commit",
+    "train_batch_size": 128,
+    "gen_batch_size": 384,
+    "n_pilot": 32,
+    "n_commit": 96,
+    "p_lower": 0.125,
+    "p_upper": 0.25,
+    "exclude_threshold": 1.0,
+    "buffer_max_off_steps": 4,
+    "max_rounds": 50,
+}
+
+
+def pass_rate(prompt_ids: np.ndarray) -> np.ndarray:
+    """A fixed pass rate per prompt: a third never solved, a fifth always, the rest spread."""
+    h = (prompt_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    u = (h % np.uint64(10_000)).astype(np.float64) / 10_000
+    return np.where(u < 0.33, 0.0, np.where(u > 0.8, 1.0, (u - 0.33) / 0.47))
+
+
+def rewards_for(plan: m.Plan, rng: np.random.Generator) -> list[list[float]]:
+    ids = np.array([i.prompt_id for i in plan.items])
+    rates = pass_rate(ids)
+    return [
+        (rng.random(item.n) < p).astype(float).tolist()
+        for item, p in zip(plan.items, rates, strict=True)
+    ]
+
+
+async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Progress) -> dict:
+    rng = np.random.default_rng(0)
+    redis = Redis.from_url(redis_url)
+    base_memory = (await redis.info("memory"))["used_memory"]
+    plan_ms: list[float] = []
+    results_ms: list[float] = []
+    rewards = 0
+    seen: set[int] = set()
+    task = progress.add_task(f"{prompts:,} prompts", total=steps)
+    async with AllocatorClient(url, timeout=120) as client:
+        spec = m.RunSpec(num_prompts=prompts, seed=0, config=PAPER_CONFIG)
+        await client.create_run("bench", spec)
+        for step in range(steps):
+            complete = False
+            while not complete:
+                start = time.perf_counter()
+                plan = await client.plan("bench")
+                plan_ms.append((time.perf_counter() - start) * 1000)
+                batch = rewards_for(plan, rng)
+                start = time.perf_counter()
+                result = await client.report("bench", plan.plan_id, batch)
+                results_ms.append((time.perf_counter() - start) * 1000)
+                rewards += sum(len(g) for g in batch)
+                seen.update(i.prompt_id for i in plan.items)
+                complete = result.batch_complete
+            await client.complete_step("bench", step)
+            progress.advance(task)
+        summary = await client.summary("bench")
+    used = (await redis.info("memory"))["used_memory"] - base_memory
+    await redis.aclose()
+    return {
+        "prompts": prompts,
+        "steps": steps,
+        "rounds": len(plan_ms),
+        "plan_p50_ms": float(np.percentile(plan_ms, 50)),
+        "plan_p99_ms": float(np.percentile(plan_ms, 99)),
+        "results_p50_ms": float(np.percentile(results_ms, 50)),
+        "results_p99_ms": float(np.percentile(results_ms, 99)),
+        "rewards_per_s": rewards / (sum(results_ms) / 1000),
+        "rewards": rewards,
+        "prompts_seen": len(seen),
+        "redis_bytes_per_prompt": used / len(seen),
+        "buffer_size_end": summary.buffer_size,
+    }
+
+
+def bench_pool(prompts: int, steps: int, workdir: Path, progress: Progress) -> dict:
+    redis_port, port = free_port(), free_port()
+    redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    service = None
+    try:
+        service = start_service(
+            "allocator",
+            ["allocator", "serve"],
+            port=port,
+            log_dir=workdir,
+            env={"PC_ALLOCATOR_REDIS_URL": redis_url},
+        )
+        return asyncio.run(drive(f"http://127.0.0.1:{port}", redis_url, prompts, steps, progress))
+    finally:
+        if service:
+            service.stop()
+        redis.stop()
+
+
+def table(rows: list[dict[str, Any]]) -> Table:
+    out = Table(title="allocator at paper scale (384x32 pilot + 128x96 commit per round)")
+    for col in (
+        "prompts",
+        "rounds",
+        "plan p50/p99 ms",
+        "results p50/p99 ms",
+        "rewards/s",
+        "B/prompt seen",
+    ):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(
+            f"{r['prompts']:,}",
+            str(r["rounds"]),
+            f"{r['plan_p50_ms']:.1f} / {r['plan_p99_ms']:.1f}",
+            f"{r['results_p50_ms']:.1f} / {r['results_p99_ms']:.1f}",
+            f"{r['rewards_per_s']:,.0f}",
+            f"{r['redis_bytes_per_prompt']:.0f}",
+        )
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pilot-commit bench allocator")
+    parser.add_argument(
+        "--prompts", default="10000,1000000,10000000", help="comma-separated pool sizes"
+    )
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps per pool")
+    parser.add_argument("--json", type=Path, help="write the results as one JSON object")
+    args = parser.parse_args(argv)
+    pools = [int(x) for x in args.prompts.split(",")]
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
+        rows = [bench_pool(n, args.steps, Path(tmp), progress) for n in pools]
+    console.print(table(rows))
+    largest, smallest = rows[-1], rows[0]
+    report = {
+        **{k: v for k, v in rows[-1].items()},
+        "pools": rows,
+        "plan_p99_growth": largest["plan_p99_ms"] / smallest["plan_p99_ms"],
+        "results_p99_growth": largest["results_p99_ms"] / smallest["results_p99_ms"],
+    }
+    console.print(
+        f"p99 growth from {smallest['prompts']:,} to {largest['prompts']:,} prompts: "
+        f"plan x{report['plan_p99_growth']:.2f}, "
+        f"results x{report['results_p99_growth']:.2f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
