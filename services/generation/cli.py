@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     serve.add_argument("--max-batch-size", type=int)
     serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--max-batch-wait-ms", type=float)
     serve.add_argument("--weights-dir", help="base of relative update_info.path values")
     serve.add_argument("--served-model-name")
     serve.add_argument("--log-level", default="info")
@@ -30,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["model", "device", "dtype", "max_batch_size", "batch_window_ms", "weights_dir"]
-    names.append("served_model_name")
+    names = ["model", "device", "dtype", "max_batch_size", "batch_window_ms"]
+    names += ["max_batch_wait_ms", "weights_dir", "served_model_name"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

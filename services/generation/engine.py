@@ -254,7 +254,12 @@ class Engine:
             job.future.set_result(JobOutput(mine, last, first))
 
     def _collect(self) -> list[Job]:
-        """The next batch: whatever arrives within the window after the first request."""
+        """The next batch: requests that keep arriving less than a window apart.
+
+        Waiting for a quiet gap (capped by `max_batch_wait_ms`) rather than a fixed time
+        after the first request gathers a burst of clients that the event loop is still
+        parsing, which a fixed window would split into several small batches.
+        """
         first = self._carry
         self._carry = None
         if first is None:
@@ -263,10 +268,12 @@ class Engine:
             except queue.Empty:
                 return []
         jobs, size = [first], len(first.sequences)
-        deadline = time.monotonic() + self.settings.batch_window_ms / 1000
+        gap = self.settings.batch_window_ms / 1000
+        cap = time.monotonic() + max(gap, self.settings.max_batch_wait_ms / 1000)
         while size < self.settings.max_batch_size:
+            wait = min(gap, cap - time.monotonic())
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self._queue.get(timeout=max(0.0, wait))
             except queue.Empty:
                 break
             if size + len(job.sequences) > self.settings.max_batch_size:

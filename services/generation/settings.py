@@ -39,7 +39,14 @@ class GenerationSettings(BaseSettings):
         default=5.0,
         ge=0.0,
         le=1000.0,
-        description="How long the batcher waits after a first request for others to join it.",
+        description="Quiet gap that closes a batch: the batcher keeps admitting requests "
+        "while they arrive less than this apart.",
+    )
+    max_batch_wait_ms: float = Field(
+        default=50.0,
+        ge=0.0,
+        le=10000.0,
+        description="Longest the batcher waits after a batch's first request.",
     )
     weights_dir: Path | None = Field(
         default=None,
