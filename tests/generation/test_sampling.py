@@ -26,7 +26,7 @@ def test_seeded_rows_do_not_depend_on_the_batch() -> None:
         gens = [torch.Generator().manual_seed(7) if r == 0 else None for r in rows]
         return sample_tokens(
             logprobs[rows], torch.ones(len(rows)), torch.ones(len(rows)), gens
-        ).tolist()  # noqa: E501
+        ).tolist()
 
     assert draw([0])[0] == draw([0, 1, 2])[0]
 

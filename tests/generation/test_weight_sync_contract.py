@@ -65,7 +65,7 @@ async def test_vllm_disk_sequence(recorder: tuple[str, list[Call], Any], tmp_pat
     path3, path4 = (
         str(tmp_path.resolve() / "step-00000003"),
         str(tmp_path.resolve() / "step-00000004"),
-    )  # noqa: E501
+    )
     assert calls == [
         ("POST", "/init_weight_transfer_engine", {}, {"init_info": {}}),
         ("POST", "/pause", {"mode": "keep"}, None),
@@ -109,7 +109,7 @@ async def test_vllm_nccl_sequence(recorder: tuple[str, list[Call], Any]) -> None
         "master_port": 29500,
         "rank_offset": 1,
         "world_size": 3,
-    }  # noqa: E501
+    }
     update_info = {
         "names": ["model.norm.weight", "lm_head.weight"],
         "dtype_names": ["float32", "float32"],
