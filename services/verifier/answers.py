@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+from services.verifier import evaluate
+
 Task = Literal["math", "numeric", "exact", "choice"]
 Reason = Literal[
     "match", "mismatch", "no_answer", "parse_error", "too_complex", "timeout", "worker_error"
@@ -376,6 +378,12 @@ def fast_verdict(
         return numeric
     if answer.casefold() == reference.casefold() and answer.isalpha():
         return Verdict(True, "match")  # text answers: "Monday" vs "monday"
+    if evaluate.containers_differ(reference, answer):
+        return Verdict(False, "mismatch")
+    if evaluate.provably_different(reference, answer):
+        return Verdict(False, "mismatch")
+    if evaluate.equal_constants(reference, answer):
+        return Verdict(True, "match")
     return None
 
 

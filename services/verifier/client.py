@@ -1,12 +1,13 @@
 """The typed async client of the verifier, the only place that speaks its HTTP API.
 
 `score` accepts any number of items and splits them into requests of at most the
-server's `max_items` (learned once from `/health`), sent one after the other so that
-each request gets the server's whole worker pool within its time limit.
+server's `max_items` (learned once from `/health`), with up to `max_concurrency` of them
+in flight so that the server's workers never wait for the next request to arrive.
 """
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 
 import httpx
@@ -28,10 +29,16 @@ class VerifierClient:
     """Async client: `async with VerifierClient(url) as client: await client.score(items)`."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 60.0, policy: RetryPolicy | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 60.0,
+        policy: RetryPolicy | None = None,
+        max_concurrency: int = 4,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._slots = asyncio.Semaphore(max_concurrency)
         self.policy = policy or RetryPolicy()
         self._http = httpx.AsyncClient(base_url=self.base_url)
         self._max_items: int | None = None
@@ -66,10 +73,13 @@ class VerifierClient:
     async def score(self, items: list[ScoreItem]) -> list[ScoreResult]:
         """One result per item, in order, however many items there are."""
         size = await self._chunk_size()
-        results: list[ScoreResult] = []
-        for start in range(0, len(items), size):
-            results += await self._score_chunk(items[start : start + size])
-        return results
+
+        async def chunk(start: int) -> list[ScoreResult]:
+            async with self._slots:
+                return await self._score_chunk(items[start : start + size])
+
+        chunks = await asyncio.gather(*(chunk(s) for s in range(0, len(items), size)))
+        return [result for results in chunks for result in results]
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -88,7 +88,14 @@ def test_fast_verdict_defers_only_what_it_cannot_decide() -> None:
     assert answers.fast_verdict("42", "42", "math") == answers.Verdict(True, "match")
     assert answers.fast_verdict("42", "41", "math") == answers.Verdict(False, "mismatch")
     assert answers.fast_verdict("\\frac{1}{3}", "0.333333", "math") is None  # close: symbolic
-    assert answers.fast_verdict("\\sqrt{2}", "2^{1/2}", "math") is None
+    assert answers.fast_verdict("\\sqrt{2}", "2^{1/2}", "math") == answers.Verdict(True, "match")
+    assert answers.fast_verdict("x^2-1", "(x-1)(x+1)", "math") is None  # agreement at points
+    assert answers.fast_verdict("x^2-1", "(x-1)^2", "math") == answers.Verdict(False, "mismatch")
+    assert answers.fast_verdict("[1,2)", "(1,2)", "math") == answers.Verdict(False, "mismatch")
+    assert answers.fast_verdict("\\{1,-1\\}", "\\{1\\}", "math") == answers.Verdict(
+        False, "mismatch"
+    )
+    assert answers.fast_verdict("4\\frac{2}{3}", "\\frac{14}{3}", "math") is None  # mixed
     assert answers.fast_verdict("1", "1.0000001", "numeric").correct
     assert not answers.fast_verdict("1", "1.01", "numeric").correct  # type: ignore[union-attr]
     assert answers.fast_verdict("1", "x", "numeric") == answers.Verdict(False, "parse_error")
