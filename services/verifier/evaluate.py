@@ -144,7 +144,9 @@ def tokenize(text: str) -> list[str] | None:
             return None
         tokens.append(found.group(1))
         pos = found.end()
-    return tokens if len(tokens) <= _MAX_TOKENS else None
+        if len(tokens) > _MAX_TOKENS:
+            return None
+    return tokens
 
 
 _MIXED_NUMBER = re.compile(r"\d\s*\\frac")

@@ -77,10 +77,14 @@ async def test_table_through_the_service_in_chunks(service: str) -> None:
 
 
 async def test_hostile_batch_stays_bounded_and_innocent_items_unaffected(service: str) -> None:
+    # Half of the innocent items need sympy (factorised polynomials), half do not.
     innocent = [
+        ScoreItem(response=f"\\boxed{{(x+{n})(x-{n})}}", reference=f"x^2-{n * n}")
+        for n in range(1, 21)
+    ] + [
         ScoreItem(response=f"\\boxed{{\\frac{{{n}}}{{\\sqrt{{2}}}}}}",
                   reference=f"\\frac{{{n}\\sqrt{{2}}}}{{2}}")
-        for n in range(1, 41)
+        for n in range(1, 21)
     ]  # fmt: skip
     hostile = [ScoreItem(response=text, reference="3") for text in HOSTILE]
     async with client(service) as verifier:
