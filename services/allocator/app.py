@@ -150,6 +150,22 @@ def _add_routes(app: FastAPI) -> None:
     async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
         return {"deleted_keys": await store.delete_run(run_id)}
 
+    @app.get("/v1/runs/{run_id}/snapshot", response_model=m.Snapshot, tags=["runs"])
+    async def snapshot(run_id: RunId, store: Store) -> m.Snapshot:
+        """Every key of the run (for trainer checkpoints)."""
+        return await store.snapshot(run_id)
+
+    @app.put(
+        "/v1/runs/{run_id}/snapshot",
+        response_model=m.RunSummary,
+        dependencies=Mutating,
+        tags=["runs"],
+    )
+    async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
+        """Replace the run's state with a snapshot (resume from a trainer checkpoint)."""
+        await store.restore_snapshot(run_id, body)
+        return await store.summary(run_id)
+
     @app.post(
         "/v1/runs/{run_id}/plan", response_model=m.Plan, dependencies=Mutating, tags=["rounds"]
     )

@@ -74,6 +74,14 @@ class AllocatorClient:
     async def summary(self, run_id: str) -> m.RunSummary:
         return await self._call(m.RunSummary, "GET", f"/v1/runs/{run_id}")
 
+    async def snapshot(self, run_id: str) -> m.Snapshot:
+        return await self._call(m.Snapshot, "GET", f"/v1/runs/{run_id}/snapshot")
+
+    async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> m.RunSummary:
+        return await self._call(
+            m.RunSummary, "PUT", f"/v1/runs/{run_id}/snapshot", snapshot.model_dump()
+        )
+
     async def plan(self, run_id: str, request_id: str | None = None) -> m.Plan:
         """Plan the next round; the request id (fresh by default) makes retries safe."""
         body = m.PlanRequest(request_id=request_id or uuid.uuid4().hex)

@@ -177,6 +177,14 @@ class RunCreated(_Model):
     run: RunSummary
 
 
+class Snapshot(_Model):
+    """Every Redis key of a run, as DUMP payloads (base64): a trainer checkpoint keeps one
+    so that a resumed run continues from the allocator state of its checkpoint."""
+
+    run_id: str
+    keys: dict[str, str] = Field(description="Key name -> base64 of Redis DUMP.")
+
+
 class Health(_Model):
     status: Literal["ok"] = "ok"
 

@@ -13,6 +13,7 @@ answer and changes nothing.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -113,6 +114,35 @@ class AllocatorStore:
         await self.redis.srem(RUNS_INDEX, run_id)
         self._runs.pop(run_id, None)
         return deleted
+
+    async def snapshot(self, run_id: str) -> m.Snapshot:
+        keys = (await self.run(run_id)).keys
+        names: list[bytes] = []
+        async for batch in _scan_batches(self.redis, keys.pattern):
+            names += batch
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name in names:
+                pipe.dump(name)
+            dumps = await pipe.execute()
+        return m.Snapshot(run_id=run_id, keys={
+            _s(n): base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
+            if d is not None
+        })  # fmt: skip
+
+    async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> None:
+        """Replace the run's state with a snapshot taken earlier (by `snapshot`)."""
+        keys = RunKeys(run_id)
+        foreign = [k for k in snapshot.keys if not k.startswith(keys.prefix + ":")]
+        if snapshot.run_id != run_id or foreign or keys.config not in snapshot.keys:
+            raise Invalid(f"snapshot is not a snapshot of run {run_id!r}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            async for batch in _scan_batches(self.redis, keys.pattern):
+                pipe.delete(*batch)
+            for name, payload in snapshot.keys.items():
+                pipe.restore(name, 0, base64.b64decode(payload), replace=True)
+            pipe.sadd(RUNS_INDEX, run_id)
+            await pipe.execute()
+        self._runs.pop(run_id, None)
 
     # ---- the optimistic transaction ----
 

@@ -1,0 +1,83 @@
+"""Advantages and the policy loss, as small pure functions over tensors.
+
+The loss is GRPO/DAPO's clipped surrogate with a token-level mean (every completion token
+of the mini-batch weighs the same, however long its sequence), clip-higher (separate
+lower and upper clip ranges), an optional k3 KL penalty to a reference policy and
+optional truncated importance sampling (TIS) against the generation server's logprobs,
+which differ from the trainer's because the two run different kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """(r - mean) / (std + eps) within one group; shape [G] -> [G].
+
+    std is the population std (as the allocator computes it); a group whose rewards are
+    all equal gets zero advantages.
+    """
+    mean = rewards.mean()
+    std = rewards.std(unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+@dataclass(frozen=True)
+class PolicyLossInput:
+    """Token-level tensors for a micro-batch of N completions padded to T tokens."""
+
+    logprobs: Tensor  # [N, T] current policy, with grad
+    old_logprobs: Tensor  # [N, T] trainer's policy before this step's updates
+    advantages: Tensor  # [N]
+    mask: Tensor  # [N, T] 1 on completion tokens
+    normalizer: float  # completion tokens in the whole mini-batch (token-level mean)
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    gen_logprobs: Tensor | None = None  # [N, T] from the generation server (for TIS)
+    tis_cap: float | None = None
+    ref_logprobs: Tensor | None = None  # [N, T] reference policy (for KL)
+    kl_coef: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    loss: Tensor  # scalar, this micro-batch's share of the mini-batch loss
+    clip_fraction: Tensor  # share of tokens whose ratio was clipped
+    kl: Tensor  # mean k3 KL to the reference (0 when off)
+    tis_weight: Tensor  # mean TIS weight (1 when off)
+
+
+def policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
+    mask = inp.mask.to(inp.logprobs.dtype)
+    tokens = mask.sum().clamp(min=1.0)
+    ratio = torch.exp(inp.logprobs - inp.old_logprobs)
+    adv = inp.advantages[:, None]
+    clipped_ratio = ratio.clamp(1.0 - inp.clip_low, 1.0 + inp.clip_high)
+    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    clip_fraction = ((ratio != clipped_ratio).to(mask.dtype) * mask).sum() / tokens
+
+    tis_weight = torch.ones((), dtype=mask.dtype)
+    if inp.tis_cap is not None and inp.gen_logprobs is not None:
+        weights = torch.exp(inp.old_logprobs - inp.gen_logprobs).clamp(max=inp.tis_cap).detach()
+        per_token = per_token * weights
+        tis_weight = (weights * mask).sum() / tokens
+
+    kl = torch.zeros((), dtype=mask.dtype)
+    if inp.kl_coef > 0 and inp.ref_logprobs is not None:
+        delta = inp.ref_logprobs - inp.logprobs
+        per_token_kl = torch.exp(delta) - delta - 1.0
+        per_token = per_token + inp.kl_coef * per_token_kl
+        kl = (per_token_kl.detach() * mask).sum() / tokens
+
+    loss = (per_token * mask).sum() / inp.normalizer
+    return PolicyLossOutput(loss, clip_fraction.detach(), kl, tis_weight)
+
+
+def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """log p(target) per position: logits [N, T, V], targets [N, T] -> [N, T] (fp32)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,204 @@
+"""`pilot-commit train CONFIG`: one RL run, start to finish.
+
+Services come from `[services]` (or PC_TRAINER_* variables, see `env_overrides`); where
+none are given, the embedded stack (Redis, allocator, verifier, generation server) is
+started for the run and stopped at its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from services.allocator import models as am
+from services.allocator.client import AllocatorClient
+from services.common.http import RetryPolicy
+from services.verifier.client import VerifierClient
+from trainer.config import TrainerConfig, load_config, save_config
+from trainer.generation.client import GenerationClient
+from trainer.generation.weight_sync import make_weight_sync
+from trainer.logbook import Logbook
+from trainer.loop import Dataset, Services, Trainer
+from trainer.policy import Policy
+from trainer.stack import EmbeddedStack, StackUrls
+
+ENV_OVERRIDES = {
+    "PC_TRAINER_ALLOCATOR_URL": "services.allocator_url",
+    "PC_TRAINER_ALLOCATOR_TOKEN": "services.allocator_token",
+    "PC_TRAINER_VERIFIER_URL": "services.verifier_url",
+    "PC_TRAINER_GENERATION_URLS": "services.generation_urls",  # comma-separated
+    "PC_TRAINER_WEIGHT_SYNC": "services.weight_sync",
+    "PC_TRAINER_WEIGHTS_DIR": "services.weights_dir",
+}
+
+
+def env_overrides() -> list[str]:
+    out = []
+    for var, path in ENV_OVERRIDES.items():
+        value = os.environ.get(var)
+        if value:
+            if path.endswith("_urls"):
+                value = json.dumps([u.strip() for u in value.split(",") if u.strip()])
+            else:
+                value = json.dumps(value)
+            out.append(f"{path}={value}")
+    return out
+
+
+def resolve_data(config: TrainerConfig) -> TrainerConfig:
+    """Fill in the tiny task's paths and model (building them if absent)."""
+    if not config.data.tiny:
+        if not (config.data.train_path and config.data.test_path and config.model.path):
+            raise SystemExit(
+                "config needs data.train_path, data.test_path and model.path (or data.tiny = true)"
+            )
+        return config
+    from trainer.tiny.build import ensure_tiny
+
+    tiny = ensure_tiny(seed=0)
+    data = config.data.model_copy(
+        update={
+            "train_path": config.data.train_path or tiny.train_path,
+            "test_path": config.data.test_path or tiny.test_path,
+        }
+    )
+    model = config.model.model_copy(update={"path": config.model.path or tiny.model_dir})
+    return config.model_copy(update={"data": data, "model": model})
+
+
+def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    template, field = config.data.prompt_template, config.data.prompt_field
+    prompts = [template.format(prompt=row[field]) for row in rows]
+    tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return Dataset(tokens, [str(row[config.data.answer_field]) for row in rows])
+
+
+@contextlib.contextmanager
+def services_for(config: TrainerConfig, output: Path, console: Console) -> Iterator[StackUrls]:
+    s = config.services
+    if s.allocator_url and s.verifier_url and s.generation_urls:
+        yield StackUrls("", s.allocator_url, s.verifier_url, list(s.generation_urls))
+        return
+    if s.allocator_url or s.verifier_url or s.generation_urls:
+        raise SystemExit("give all of allocator_url, verifier_url and generation_urls, or none")
+    assert config.model.path is not None
+    with EmbeddedStack(output / "stack", config.model.path, console=console) as urls:
+        console.log(f"embedded stack up (logs in {output / 'stack' / 'logs'})")
+        yield urls
+
+
+@contextlib.asynccontextmanager
+async def clients(config: TrainerConfig, urls: StackUrls, output: Path) -> AsyncIterator[Services]:
+    s = config.services
+    policy = RetryPolicy(attempts=s.retries)
+    weights_dir = s.weights_dir or (output / "weights").resolve()
+    allocator = AllocatorClient(urls.allocator_url, token=s.allocator_token, policy=policy)
+    verifier = VerifierClient(urls.verifier_url, timeout=s.request_timeout_s, policy=policy)
+    generation = GenerationClient(urls.generation_urls, timeout=s.request_timeout_s, policy=policy)
+    sync = make_weight_sync(
+        s.weight_sync,
+        urls.generation_urls,
+        weights_dir=weights_dir,
+        model_files_from=config.model.path,
+    )
+    try:
+        yield Services(allocator, verifier, generation, sync)
+    finally:
+        for client in (allocator, verifier, generation, sync):
+            await client.aclose()
+
+
+async def prepare_run(trainer: Trainer, config: TrainerConfig, output: Path) -> None:
+    """Create the allocator run, or put it back in the checkpoint's state on resume."""
+    alloc = trainer.services.allocator
+    checkpoint = output / "checkpoint"
+    if (checkpoint / "trainer.pt").exists():
+        trainer.restore(checkpoint)
+        snapshot = am.Snapshot.model_validate_json((checkpoint / "allocator.json").read_text())
+        await alloc.restore_snapshot(trainer.run_id, snapshot)
+        trainer.log.note(f"resumed from {checkpoint} at step {trainer.step}")
+        return
+    spec = am.RunSpec(
+        num_prompts=len(trainer.data.answers), seed=config.run.seed, config=config.allocation
+    )
+    created = await alloc.create_run(trainer.run_id, spec)
+    if not created.created and created.run.step > 0:
+        raise SystemExit(
+            f"allocator run {trainer.run_id!r} already has {created.run.step} steps "
+            "and this output has no checkpoint; use another run id or output"
+        )
+
+
+async def save_checkpoint(trainer: Trainer, output: Path) -> None:
+    tmp, final = output / "checkpoint.tmp", output / "checkpoint"
+    trainer.checkpoint(tmp)
+    snapshot = await trainer.services.allocator.snapshot(trainer.run_id)
+    (tmp / "allocator.json").write_text(snapshot.model_dump_json())
+    if final.exists():
+        for child in final.iterdir():
+            child.unlink()
+        final.rmdir()
+    tmp.rename(final)
+
+
+async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: Logbook) -> None:
+    assert config.model.path and config.data.train_path and config.data.test_path
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+    data = load_dataset(config.data.train_path, config, tokenizer)
+    eval_data = load_dataset(config.data.test_path, config, tokenizer)
+    policy = Policy(config.model.path, config.optim, config.model.device, config.model.dtype)
+    run_id = config.run.run_id or output.resolve().name
+    async with clients(config, urls, output) as services:
+        trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)
+        await prepare_run(trainer, config, output)
+        every = config.eval.every
+        if trainer.step == 0:
+            logbook.write(await trainer.evaluate())
+        while trainer.step < config.run.steps:
+            logbook.write(await trainer.train_step())
+            last = trainer.step == config.run.steps
+            if last or (every and trainer.step % every == 0):
+                logbook.write(await trainer.evaluate())
+            ckpt = config.run.checkpoint_every
+            if last or (ckpt and trainer.step % ckpt == 0):
+                await save_checkpoint(trainer, output)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pilot-commit train", description=__doc__)
+    parser.add_argument("config", type=Path, help="TOML config (see configs/tiny.toml)")
+    parser.add_argument("--output", type=Path, help="run folder (default runs/<config name>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. optim.lr=3e-4",
+    )
+    args = parser.parse_args(argv)
+    config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
+    output = args.output or Path("runs") / args.config.stem
+    output.mkdir(parents=True, exist_ok=True)
+    save_config(config, output / "config.json")
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
+    console = Console()
+    with (
+        services_for(config, output, console) as urls,
+        Logbook(output, config.run.steps, console) as logbook,
+    ):
+        asyncio.run(train(config, output, urls, logbook))
+    console.print(f"done: metrics in {output / 'metrics.jsonl'}")
+    return 0

@@ -1,0 +1,168 @@
+"""The trainer's one typed configuration: loaded from TOML, overridden from the command
+line with dotted keys (`--set optim.lr=3e-4`), saved resolved next to the run's outputs.
+
+Strategies differ only in `[allocation]`, which is sent to the allocator as is; the
+trainer knows no strategy by name.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.allocator.models import AnyStrategyConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Section):
+    """Identity and length of the run."""
+
+    run_id: str | None = Field(
+        None, description="Allocator run id; default: the output folder's name."
+    )
+    seed: int = Field(0, ge=0, description="Seeds torch, the allocator's epoch order, sampling.")
+    steps: int = Field(40, ge=1, description="Optimiser steps to take.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a resumable checkpoint every k steps (0: only at the end)."
+    )
+
+
+class DataSection(_Section):
+    """Prompts and reference answers (JSONL, one object per line)."""
+
+    tiny: bool = Field(
+        False, description="Use the tiny arithmetic task and model, building them if absent."
+    )
+    train_path: Path | None = Field(None, description="Training prompts (JSONL).")
+    test_path: Path | None = Field(None, description="Held-out prompts for evaluation (JSONL).")
+    prompt_field: str = Field("prompt", description="Field holding the prompt text.")
+    answer_field: str = Field("answer", description="Field holding the reference answer.")
+    task: Literal["math", "numeric", "exact", "choice"] = Field(
+        "math", description="Verifier task kind for every prompt."
+    )
+    prompt_template: str = Field(
+        "{prompt}", description="Python format string applied to the prompt field."
+    )
+
+
+class ModelSection(_Section):
+    path: Path | None = Field(
+        None, description="Hugging Face model directory; default: the tiny model when data.tiny."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the policy trains.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype.")
+
+
+class ServicesSection(_Section):
+    """Where the services are. Empty URLs: start the embedded stack for this run."""
+
+    allocator_url: str | None = Field(None, description="Allocator base URL.")
+    allocator_token: str | None = Field(None, description="Bearer token for the allocator.")
+    verifier_url: str | None = Field(None, description="Verifier base URL.")
+    generation_urls: list[str] = Field(
+        default_factory=list, description="Generation servers (/v1/completions), balanced."
+    )
+    weight_sync: Literal["vllm", "vllm_nccl", "sglang"] = Field(
+        "vllm", description="How new weights reach the generation servers."
+    )
+    weights_dir: Path | None = Field(
+        None,
+        description="Where weight checkpoints are written for disk sync; must be visible to "
+        "the servers at the same path. Default: <output>/weights.",
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="Per-request HTTP timeout.")
+    retries: int = Field(5, ge=1, le=50, description="Attempts per HTTP call (5xx, transport).")
+
+
+class SamplingSection(_Section):
+    max_tokens: int = Field(16, ge=1, description="Completion length limit.")
+    temperature: float = Field(1.0, ge=0.0, description="Rollout sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+
+
+class OptimSection(_Section):
+    """Policy-gradient loss and optimiser."""
+
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1 (1 - clip_low).")
+    clip_high: float = Field(0.28, ge=0, description="PPO ratio clip above 1 (clip-higher).")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the initial policy; 0: off.")
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="Truncated importance sampling: weight tokens by min(pi_train/pi_gen, cap)"
+        " to correct the generator/trainer mismatch; null: off.",
+    )
+    micro_batch_rollouts: int = Field(
+        256, ge=1, description="Rollouts per forward/backward pass (gradient accumulation)."
+    )
+    mini_batches: int = Field(
+        1, ge=1, description="Optimiser updates per step; the batch is split into this many."
+    )
+    adv_eps: float = Field(1e-6, gt=0, description="eps in (r - mean) / (std + eps).")
+
+
+class EvalSection(_Section):
+    every: int = Field(5, ge=0, description="Evaluate every k steps (0: only at start and end).")
+    prompts: int = Field(2000, ge=1, description="Held-out prompts per evaluation.")
+    samples: int = Field(1, ge=1, description="Sampled answers per prompt (temperature 1.0).")
+    greedy: bool = Field(True, description="Also report greedy accuracy.")
+
+
+class TrainerConfig(_Section):
+    """Everything a run needs; see configs/tiny.toml for a complete example."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    services: ServicesSection = Field(default_factory=ServicesSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    allocation: AnyStrategyConfig = Field(
+        description="Sent to the allocator: `strategy` (grpo | dapo | pilot_commit | ...) "
+        "and its parameters."
+    )
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as TOML, else taken as strings)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        path, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = path.strip().split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key!r} is not a table")
+        node[leaf] = _parse_value(raw.strip())
+    return data
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> TrainerConfig:  # type: ignore[assignment]
+    data: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
+    return TrainerConfig.model_validate(apply_overrides(data, list(overrides)))
+
+
+def save_config(config: TrainerConfig, path: Path) -> None:
+    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -1,0 +1,79 @@
+"""Run outputs: metrics.jsonl (one row per step and per evaluation), TensorBoard event
+files, and the live progress display."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tensorboardX import SummaryWriter
+
+
+class Logbook:
+    def __init__(self, output: Path, total_steps: int, console: Console | None = None) -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        self.console = console or Console()
+        self._jsonl = (output / "metrics.jsonl").open("a")
+        self._tb = SummaryWriter(str(output / "tensorboard"))
+        self._progress = Progress(
+            TextColumn("[bold]step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total_steps, status="starting")
+        self.last_eval: dict[str, Any] = {}
+
+    def __enter__(self) -> Logbook:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+        self._jsonl.close()
+        self._tb.close()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for key, value in row.items():
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
+                self._tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+        if row["kind"] == "eval":
+            self.last_eval = row
+            self.console.log(
+                f"eval step {row['step']}: sampled accuracy {row['eval_accuracy']:.3f} "
+                f"(+/- {row['eval_accuracy_stderr']:.3f})"
+                + (
+                    f", greedy {row['eval_accuracy_greedy']:.3f}"
+                    if "eval_accuracy_greedy" in row
+                    else ""
+                )
+            )
+        else:
+            self._progress.update(self._task, completed=row["step"], status=self._status(row))
+
+    def _status(self, row: dict[str, Any]) -> str:
+        acc = self.last_eval.get("eval_accuracy")
+        phases = " ".join(f"{k[5:-2]} {row[k]:.1f}s" for k in sorted(row) if k.startswith("time_"))
+        return (f"acc {acc:.3f} " if acc is not None else "") + (
+            f"reward {row['train_reward_mean']:.2f} rollouts {row['rollouts_total']:,} "
+            f"buffer {row['buffer_size']} | {phases}"
+        )
+
+    def note(self, message: str) -> None:
+        self.console.log(message)

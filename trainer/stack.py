@@ -1,0 +1,119 @@
+"""The embedded stack: Redis, allocator, verifier and generation server as local processes.
+
+`pilot-commit up` keeps them running until Ctrl-C; `pilot-commit train` starts them for
+a run when its config names no service URLs. Only the processes started here are ever
+stopped, through their own handles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console
+
+from services.common.procs import ManagedProcess, free_port, start_redis, start_service
+
+
+@dataclass
+class StackUrls:
+    redis_url: str
+    allocator_url: str
+    verifier_url: str
+    generation_urls: list[str]
+
+
+@dataclass
+class EmbeddedStack:
+    """Start with `with EmbeddedStack(workdir, model_dir) as urls: ...`."""
+
+    workdir: Path
+    model_dir: Path
+    generation_servers: int = 1
+    console: Console = field(default_factory=Console)
+    procs: list[ManagedProcess] = field(default_factory=list)
+
+    def start(self) -> StackUrls:
+        logs = self.workdir / "logs"
+        try:
+            with self.console.status("starting the embedded stack") as status:
+                redis_port = free_port()
+                status.update(f"redis-server on port {redis_port}")
+                self.procs.append(start_redis(redis_port, self.workdir / "redis"))
+                redis_url = f"redis://127.0.0.1:{redis_port}/0"
+                allocator = self._service(
+                    "allocator", ["allocator", "serve"], logs, {"PC_ALLOCATOR_REDIS_URL": redis_url}
+                )
+                verifier = self._service("verifier", ["verifier", "serve"], logs, {})
+                generation = [
+                    self._service(
+                        f"generation-{i}",
+                        ["generation", "serve", "--model", str(self.model_dir)],
+                        logs,
+                        {},
+                        timeout=180,
+                    )
+                    for i in range(self.generation_servers)
+                ]
+        except BaseException:
+            self.stop()
+            raise
+        return StackUrls(redis_url, allocator, verifier, generation)
+
+    def _service(
+        self, name: str, command: list[str], logs: Path, env: dict[str, str], timeout: float = 60
+    ) -> str:
+        port = free_port()
+        self.procs.append(
+            start_service(name, command, port=port, log_dir=logs, env=env, timeout=timeout)
+        )
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def __enter__(self) -> StackUrls:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pilot-commit up", description="Run Redis and every service locally until Ctrl-C."
+    )
+    parser.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/stack"))
+    parser.add_argument("--generation-servers", type=int, default=1)
+    args = parser.parse_args(argv)
+    model = args.model
+    if model is None:
+        from trainer.tiny.build import ensure_tiny
+
+        model = ensure_tiny().model_dir
+    console = Console()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedStack(args.workdir, model, args.generation_servers, console) as urls:
+        console.print(f"redis      {urls.redis_url}")
+        console.print(f"allocator  {urls.allocator_url}")
+        console.print(f"verifier   {urls.verifier_url}")
+        for url in urls.generation_urls:
+            console.print(f"generation {url}")
+        console.print(f"logs in {args.workdir / 'logs'}; Ctrl-C stops everything")
+        stop.wait()
+    console.print("stopped")
+    return 0
