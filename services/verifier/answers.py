@@ -228,7 +228,9 @@ _TRIG_DEGREES = re.compile(
 )
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_OPERATOR_SPACES = re.compile(r"\s*([=+\-*/^_(){}\[\],<>|])\s*")
+_OPERATOR_SPACES = re.compile(r"\s*([=+\-*/^_(){}\[\]<>|])\s*")
+# One spelling for list commas, with the space that tells "-102, 102" from a number.
+_COMMA = re.compile(r"\s*,\s*")
 
 _LITERAL_REPLACEMENTS = (
     ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
@@ -271,10 +273,10 @@ def normalize(answer: str) -> str:
     unit = _TRAILING_UNITS.match(text)
     text = unit.group(1) if unit else text
     text = _ASSIGNMENT.sub("", text) if text.count("=") == 1 else text
-    text = _OPERATOR_SPACES.sub(r"\1", _short_frac(text))
+    # Before spaces go: "1,000" is a thousand, "-102, 102" is a list of two numbers.
     if _THOUSANDS.match(text):
         text = text.replace(",", "")
-    return text
+    return _COMMA.sub(", ", _OPERATOR_SPACES.sub(r"\1", _short_frac(text)))
 
 
 # ------------------------------------------------------------------ numbers

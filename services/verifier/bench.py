@@ -1,7 +1,7 @@
 """`pilot-commit bench verifier`: scoring throughput and latency under hostile input.
 
 Two measurements, in one run and on the same machine:
-1. Throughput on a realistic RL batch (default 64 prompts x 32 rollouts, MATH-style
+1. Throughput on realistic RL batches (default 3 x 64 prompts x 32 rollouts, MATH-style
    references; per group a few distinct final answers: correct ones in several notations,
    wrong ones, and no answer). Through the service (a real process, cold verdict cache)
    versus math-verify's `parse` + `verify` on every item in this process, which is what
@@ -157,17 +157,31 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _measure(args: argparse.Namespace, items: list[ScoreItem]) -> dict[str, float | int]:
+async def _throughput_all(
+    url: str, batches: list[list[ScoreItem]]
+) -> tuple[list[ScoreResult], float]:
+    results: list[ScoreResult] = []
+    total = 0.0
+    for batch in batches:
+        batch_results, seconds = await _throughput(url, batch)
+        results += batch_results
+        total += seconds
+    return results, total
+
+
+def _measure(args: argparse.Namespace, batches: list[list[ScoreItem]]) -> dict[str, float | int]:
     settings = VerifierSettings()
+    items = [item for batch in batches for item in batch]
     with tempfile.TemporaryDirectory(prefix="verifier-bench-") as logs:
         port = free_port()
         print("starting the verifier service ...", file=sys.stderr, flush=True)
         proc = start_service("verifier", ["verifier", "serve"], port=port, log_dir=Path(logs))
         url = f"http://127.0.0.1:{port}"
         try:
-            print(f"scoring {len(items)} items through the service ...", file=sys.stderr)
-            results, cold_s = asyncio.run(_throughput(url, items))
-            _, warm_s = asyncio.run(_throughput(url, items))
+            print(f"scoring {len(batches)} batches of {len(batches[0])} items through the "
+                  "service ...", file=sys.stderr, flush=True)  # fmt: skip
+            results, cold_s = asyncio.run(_throughput_all(url, batches))
+            _, warm_s = asyncio.run(_throughput(url, batches[0]))
             hostile = asyncio.run(_hostile_requests(url, args.hostile_requests, args.seed))
         finally:
             proc.stop()
@@ -176,8 +190,8 @@ def _measure(args: argparse.Namespace, items: list[ScoreItem]) -> dict[str, floa
     disagree = sum(r.correct != b for r, b in zip(results, baseline, strict=True))
     lat = hostile.latencies_ms
     return {
-        "items": len(items), "items_per_s": len(items) / cold_s,
-        "items_per_s_warm_cache": len(items) / warm_s,
+        "batch_items": len(batches[0]), "batches": len(batches), "items_per_s": len(items) / cold_s,
+        "items_per_s_warm_cache": len(batches[0]) / warm_s,
         "baseline_items_per_s": len(items) / base_s, "speedup": base_s / cold_s,
         "verdicts_differing_from_baseline": disagree,
         "correct_fraction": sum(r.correct for r in results) / len(results),
@@ -203,11 +217,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rollouts", type=int, default=32, help="rollouts per prompt")
     parser.add_argument("--hostile-requests", type=int, default=20,
                         help="256-item requests with 1%% hostile items")  # fmt: skip
+    parser.add_argument("--batches", type=int, default=3,
+                        help="distinct batches scored cold, one after the other")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    items = rl_batch(args.prompts, args.rollouts, args.seed)
-    figures = _measure(args, items)
+    # Each batch has its own answers (offset), so every batch meets a cold verdict cache.
+    batches = [rl_batch(args.prompts, args.rollouts, args.seed + b, offset=100 * b)
+               for b in range(args.batches)]  # fmt: skip
+    figures = _measure(args, batches)
     _print_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

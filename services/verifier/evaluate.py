@@ -251,11 +251,13 @@ def equal_constants(reference: str, answer: str) -> bool:
     if a is not None and b is not None:
         return _agree(a, b)
     ref, ans = _container(reference), _container(answer)
-    if ref is None or ans is None or ref[0] != ans[0] or ref[2] != ans[2]:
+    if ref is None or ans is None:
         return False
-    if ref[0] in ("{", ""):
+    if ref[0] in ("{", "") and ans[0] in ("{", ""):  # a bare list is a set of solutions
         a_set, b_set = _distinct(ref[1]), _distinct(ans[1])
         return len(a_set) == len(b_set) and all(map(_agree, a_set, b_set))
+    if (ref[0], ref[2]) != (ans[0], ans[2]):
+        return False
     return len(ref[1]) == len(ans[1]) and all(map(_agree, ref[1], ans[1]))
 
 

@@ -164,7 +164,14 @@ class WorkerPool:
             return self._idle.pop()
         waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
+        try:
+            await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
+        except asyncio.CancelledError:
+            # The request went away: a worker handed to us in the meantime goes back.
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())
+            waiter.cancel()
+            raise
         if waiter.done():
             return waiter.result()
         waiter.cancel()
@@ -200,6 +207,10 @@ class WorkerPool:
         except (EOFError, OSError):
             self._replace(worker)
             return "worker_error"
+        except asyncio.CancelledError:
+            # Its answer would arrive later and be read as the next job's: not reusable.
+            self._replace(worker)
+            raise
         finally:
             self._busy_since.pop(worker, None)
         self._release(worker)

@@ -17,8 +17,9 @@ class VerifierSettings(BaseSettings):
         default=512, ge=1, le=100_000, description="Most items in one /v1/score request."
     )
     max_chars: int = Field(
-        default=200_000, ge=100, description="Most characters in one response or reference."
-    )
+        default=2_000_000, ge=100, description="Most characters in one response or reference "
+        "(far above any real completion; a 1 MB runaway response is still scored)."
+    )  # fmt: skip
     timeout_s: float = Field(
         default=2.0, gt=0, le=120, description="Hard limit of one symbolic check (the worker "
         "running it is killed past it)."
@@ -29,8 +30,8 @@ class VerifierSettings(BaseSettings):
     )  # fmt: skip
     workers: int = Field(default=2, ge=1, le=256, description="Resident worker processes.")
     max_workers: int = Field(
-        default=6, ge=1, le=512, description="Worker cap including surge workers started "
-        "while every resident worker is busy."
+        default=6, ge=1, le=512, description="Worker cap including surge workers, which "
+        "start in place of stuck ones."
     )  # fmt: skip
     stuck_after_s: float = Field(
         default=0.25, ge=0, le=60, description="A worker busy on one item longer than this "

@@ -49,7 +49,9 @@ def test_reference_extraction() -> None:
     ("raw", "normal"),
     [
         ("$\\dfrac{1}{2}$", "\\frac{1}{2}"),
-        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("\\left( 1, 2 \\right)", "(1, 2)"),
+        ("-102 ,102", "-102, 102"),  # a list: thousands separators have no spaces
+        ("-102,102", "-102102"),
         ("5\\text{ cm}^2", "5"),
         ("18 dollars", "18"),
         ("1,000,000.", "1000000"),

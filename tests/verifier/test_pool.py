@@ -31,6 +31,15 @@ async def test_hung_worker_is_killed_and_the_rest_go_on() -> None:
         await asyncio.sleep(0.5)  # the replacement starts in the background
         assert pool.workers == 2
         assert await pool.judge("x+1", "1+x", timeout, time.monotonic() + 5) == "match"
+
+        # A request that goes away mid-check must not leave a stale answer in a pipe.
+        abandoned = asyncio.create_task(pool.judge("3", HOSTILE, 5.0, time.monotonic() + 5))
+        await asyncio.sleep(0.2)
+        abandoned.cancel()
+        await asyncio.sleep(0.5)
+        assert pool.workers == 2
+        checks = [pool.judge("x^2-1", "(x-1)(x+1)", timeout, time.monotonic() + 5)] * 4
+        assert await asyncio.gather(*checks) == ["match"] * 4
     finally:
         await pool.close()
     assert pool.workers == 0
