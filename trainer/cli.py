@@ -154,6 +154,8 @@ async def save_checkpoint(trainer: Trainer, output: Path) -> None:
 
 async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: Logbook) -> None:
     assert config.model.path and config.data.train_path and config.data.test_path
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     data = load_dataset(config.data.train_path, config, tokenizer)
     eval_data = load_dataset(config.data.test_path, config, tokenizer)
@@ -192,8 +194,6 @@ def main(argv: list[str]) -> int:
     output = args.output or Path("runs") / args.config.stem
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.json")
-    torch.manual_seed(config.run.seed)
-    random.seed(config.run.seed)
     console = Console()
     with (
         services_for(config, output, console) as urls,

@@ -1,0 +1,42 @@
+"""The trainer config: TOML, dotted overrides, validation, the shipped tiny config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from trainer.config import apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_tiny_config_loads() -> None:
+    config = load_config(ROOT / "configs" / "tiny.toml")
+    assert config.allocation.strategy == "pilot_commit"
+    assert config.allocation.group_size() == 32
+    assert config.data.tiny and config.eval.prompts >= 2000
+
+
+def test_overrides_parse_toml_values_and_switch_strategy() -> None:
+    config = load_config(
+        ROOT / "configs" / "tiny.toml",
+        [
+            "optim.lr=3e-4",
+            "allocation={strategy='grpo', train_batch_size=8, n=32}",
+            'sampling.stop=["\\n"]',
+            "run.run_id=abc",
+        ],
+    )
+    assert config.optim.lr == 3e-4 and config.allocation.strategy == "grpo"
+    assert config.sampling.stop == ["\n"] and config.run.run_id == "abc"
+
+
+def test_bad_values_are_rejected_with_the_field_named() -> None:
+    with pytest.raises(ValidationError, match="lr"):
+        load_config(ROOT / "configs" / "tiny.toml", ["optim.lr=-1"])
+    with pytest.raises(ValidationError, match="unknown_field"):
+        load_config(ROOT / "configs" / "tiny.toml", ["optim.unknown_field=1"])
+    with pytest.raises(ValueError, match=r"key\.path=value"):
+        apply_overrides({}, ["no-equals-sign"])

@@ -1,0 +1,242 @@
+"""End-to-end runs against the real embedded stack (redis-server, allocator, verifier and
+generation server as processes on loopback) with a small random Llama and the tiny task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from services.common.http import ServiceUnavailable
+from services.common.procs import start_service
+from trainer.cli import clients, prepare_run, train
+from trainer.config import TrainerConfig
+from trainer.logbook import Logbook
+from trainer.loop import Trainer
+from trainer.stack import EmbeddedStack, StackUrls
+from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
+from trainer.tiny.task import TaskConfig, generate_splits, write_jsonl
+from trainer.tiny.warmstart import answer_loss, encode_batch
+
+STRATEGIES = {
+    "grpo": {"strategy": "grpo", "train_batch_size": 4, "n": 6},
+    "dapo": {"strategy": "dapo", "train_batch_size": 4, "n": 6, "gen_batch_size": 8},
+    "pilot_commit": {
+        "strategy": "pilot_commit",
+        "train_batch_size": 4,
+        "gen_batch_size": 8,
+        "n_pilot": 3,
+        "n_commit": 3,
+        "p_lower": 0.0,
+        "p_upper": 0.0,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Llama fitted for a few seconds to one-digit arithmetic: right on some
+    problems some of the time, so groups have reward spread to learn from."""
+    root = tmp_path_factory.mktemp("assets")
+    train_rows, _ = generate_splits(0, TaskConfig())
+    easy = [r for r in train_rows if r["difficulty"] == 1]
+    write_jsonl(root / "train.jsonl", easy)
+    write_jsonl(root / "test.jsonl", easy[:64])
+    tokenizer = build_tokenizer()
+    model = init_model(
+        tiny_llama_config(
+            tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
+        ),
+        seed=0,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    for _ in range(300):
+        batch = [(r["prompt"], r["answer"]) for r in rng.sample(easy, 64)]
+        answer_loss(model, encode_batch(tokenizer, batch), 0.0).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+    with EmbeddedStack(tmp_path_factory.mktemp("stack"), assets / "model") as urls:
+        yield urls
+
+
+def make_config(assets: Path, allocation: dict, **sections: dict) -> TrainerConfig:
+    data = {
+        "run": {"steps": 2, "seed": 0},
+        "data": {
+            "train_path": str(assets / "train.jsonl"),
+            "test_path": str(assets / "test.jsonl"),
+            "task": "numeric",
+        },
+        "model": {"path": str(assets / "model")},
+        "sampling": {"max_tokens": 4},
+        "eval": {"every": 0, "prompts": 32, "greedy": True},
+        "services": {"retries": 2},
+        "allocation": allocation,
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return TrainerConfig.model_validate(data)
+
+
+def run(config: TrainerConfig, output: Path, urls: StackUrls) -> list[dict]:
+    with Logbook(output, config.run.steps) as logbook:
+        asyncio.run(train(config, output, urls, logbook))
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_each_strategy_trains(strategy: str, assets: Path, stack: StackUrls, tmp_path: Path):
+    config = make_config(assets, STRATEGIES[strategy], run={"run_id": f"e2e-{strategy}"})
+    rows = run(config, tmp_path / strategy, stack)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(r["groups_trained"] == 4 * r["step"] for r in train_rows)
+    last = train_rows[-1]
+    assert last["rollouts_total"] == (
+        last["rollouts_pilot"] + last["rollouts_commit"] + last["rollouts_full"]
+    )
+    if strategy == "pilot_commit":
+        assert last["rollouts_pilot"] > 0 and last["rollouts_commit"] == 4 * 2 * 3
+    else:
+        assert last["rollouts_pilot"] == 0 and last["rollouts_full"] >= 2 * 4 * 6
+    assert 0.0 <= evals[-1]["eval_accuracy"] <= 1.0 and "eval_accuracy_greedy" in evals[-1]
+    assert (tmp_path / strategy / "checkpoint" / "trainer.pt").exists()
+    assert list((tmp_path / strategy / "tensorboard").iterdir())
+
+
+def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_path: Path):
+    pc = STRATEGIES["pilot_commit"]
+    straight = run(
+        make_config(assets, pc, run={"steps": 3, "run_id": "resume-a"}), tmp_path / "a", stack
+    )
+    first = make_config(assets, pc, run={"steps": 2, "run_id": "resume-b"})
+    run(first, tmp_path / "b", stack)
+    resumed = run(
+        make_config(assets, pc, run={"steps": 3, "run_id": "resume-b"}), tmp_path / "b", stack
+    )
+    step3 = next(r for r in straight if r["kind"] == "train" and r["step"] == 3)
+    again = next(r for r in resumed if r["kind"] == "train" and r["step"] == 3)
+    for key in (
+        "rollouts_total",
+        "rollouts_pilot",
+        "rollouts_commit",
+        "rollouts_zero_variance",
+        "train_reward_mean",
+        "buffer_size",
+    ):
+        assert again[key] == step3[key], key
+    assert again["loss"] == pytest.approx(step3["loss"], abs=1e-6)
+
+
+async def _start_trainer(config: TrainerConfig, output: Path, services, logbook) -> Trainer:
+    from transformers import AutoTokenizer
+
+    from trainer.cli import load_dataset
+    from trainer.policy import Policy
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+    data = load_dataset(config.data.train_path, config, tokenizer)
+    policy = Policy(config.model.path, config.optim, "cpu", "float32")
+    trainer = Trainer(config, config.run.run_id, policy, data, data, services, logbook)
+    await prepare_run(trainer, config, output)
+    return trainer
+
+
+async def _weight_version(url: str) -> str:
+    async with httpx.AsyncClient() as http:
+        return str((await http.get(f"{url}/weight_info")).json().get("weight_version"))
+
+
+def test_restarted_generation_server_gets_current_weights(assets: Path, tmp_path: Path) -> None:
+    """Kill the generation server mid-run and start a fresh one at the same URL: the trainer
+    sees its stale weight version, pushes the current weights, and the run goes on."""
+    config = make_config(assets, STRATEGIES["grpo"], run={"steps": 3, "run_id": "restart"})
+    stack = EmbeddedStack(tmp_path / "stack", assets / "model")
+    urls = stack.start()
+
+    async def scenario() -> list[dict]:
+        out = tmp_path / "out"
+        with Logbook(out, 3) as logbook:
+            async with clients(config, urls, out) as services:
+                trainer = await _start_trainer(config, out, services, logbook)
+                rows = [await trainer.train_step()]
+                url = urls.generation_urls[0]
+                old = next(p for p in stack.procs if p.name.startswith("generation"))
+                old.kill()
+                stack.procs.append(
+                    start_service(
+                        "generation-restarted",
+                        ["generation", "serve", "--model", str(assets / "model")],
+                        port=int(url.rsplit(":", 1)[1]),
+                        log_dir=tmp_path / "logs",
+                        timeout=120,
+                    )
+                )
+                assert await _weight_version(url) == "0"
+                rows.append(await trainer.train_step())
+                assert await _weight_version(url) == str(trainer.weight_version)
+                return rows
+
+    try:
+        rows = asyncio.run(scenario())
+    finally:
+        stack.stop()
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_unreachable_services_retry_then_fail_clearly(assets: Path, tmp_path: Path) -> None:
+    """A verifier back within the retry budget costs nothing; one that stays down ends the
+    step with a clear error after bounded retries."""
+    config = make_config(
+        assets, STRATEGIES["grpo"], run={"steps": 3, "run_id": "outage"}, services={"retries": 8}
+    )
+    stack = EmbeddedStack(tmp_path / "stack", assets / "model")
+    urls = stack.start()
+
+    async def scenario() -> None:
+        out = tmp_path / "out"
+        with Logbook(out, 3) as logbook:
+            async with clients(config, urls, out) as services:
+                trainer = await _start_trainer(config, out, services, logbook)
+                verifier = next(p for p in stack.procs if p.name == "verifier")
+                port = int(urls.verifier_url.rsplit(":", 1)[1])
+                verifier.kill()
+
+                async def bring_back() -> None:
+                    await asyncio.sleep(1.0)
+                    stack.procs.append(
+                        await asyncio.to_thread(
+                            start_service,
+                            "verifier-again",
+                            ["verifier", "serve"],
+                            port=port,
+                            log_dir=tmp_path / "logs",
+                        )
+                    )
+
+                row, _ = await asyncio.gather(trainer.train_step(), bring_back())
+                assert row["step"] == 1
+                stack.procs[-1].kill()
+                with pytest.raises(ServiceUnavailable, match="verifier unreachable"):
+                    await trainer.train_step()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stack.stop()
