@@ -17,12 +17,15 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from services.common.procs import free_port, start_service
 from services.verifier.client import VerifierClient
@@ -152,6 +155,16 @@ async def _hostile_requests(url: str, requests: int, seed: int) -> HostileRun:
     return run
 
 
+def _items_by_path(url: str) -> dict[str, float]:
+    """Items scored so far per deciding path (fast, cache, symbolic), from /metrics."""
+    paths: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        found = re.match(r'verifier_items_total\{path="(\w+)",reason="\w+"\} (\S+)', line)
+        if found:
+            paths[found.group(1)] = paths.get(found.group(1), 0.0) + float(found.group(2))
+    return paths
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -181,6 +194,7 @@ def _measure(args: argparse.Namespace, batches: list[list[ScoreItem]]) -> dict[s
             print(f"scoring {len(batches)} batches of {len(batches[0])} items through the "
                   "service ...", file=sys.stderr, flush=True)  # fmt: skip
             results, cold_s = asyncio.run(_throughput_all(url, batches))
+            paths = _items_by_path(url)
             _, warm_s = asyncio.run(_throughput(url, batches[0]))
             hostile = asyncio.run(_hostile_requests(url, args.hostile_requests, args.seed))
         finally:
@@ -195,6 +209,7 @@ def _measure(args: argparse.Namespace, batches: list[list[ScoreItem]]) -> dict[s
         "baseline_items_per_s": len(items) / base_s, "speedup": base_s / cold_s,
         "verdicts_differing_from_baseline": disagree,
         "correct_fraction": sum(r.correct for r in results) / len(results),
+        "items_decided_by_sympy": int(paths.get("symbolic", 0)),
         "p50_ms_hostile": statistics.median(lat), "p99_ms_hostile": _percentile(lat, 0.99),
         "max_ms_hostile": max(lat), "hostile_requests": len(lat),
         "hostile_items_timed_out": hostile.hostile_timeouts,
