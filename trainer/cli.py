@@ -164,17 +164,31 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
     async with clients(config, urls, output) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)
         await prepare_run(trainer, config, output)
-        every = config.eval.every
         if trainer.step == 0:
             logbook.write(await trainer.evaluate())
-        while trainer.step < config.run.steps:
+        while not finished(trainer, config):
+            before = trainer.tally.rollouts_total
             logbook.write(await trainer.train_step())
-            last = trainer.step == config.run.steps
-            if last or (every and trainer.step % every == 0):
+            last = finished(trainer, config)
+            if last or eval_due(config, trainer.step, before, trainer.tally.rollouts_total):
                 logbook.write(await trainer.evaluate())
             ckpt = config.run.checkpoint_every
             if last or (ckpt and trainer.step % ckpt == 0):
                 await save_checkpoint(trainer, output)
+
+
+def finished(trainer: Trainer, config: TrainerConfig) -> bool:
+    cap = config.run.max_rollouts
+    return trainer.step >= config.run.steps or (
+        cap is not None and trainer.tally.rollouts_total >= cap
+    )
+
+
+def eval_due(config: TrainerConfig, step: int, rollouts_before: int, rollouts_now: int) -> bool:
+    every, per = config.eval.every, config.eval.every_rollouts
+    by_step = every > 0 and step % every == 0
+    by_rollouts = per > 0 and rollouts_now // per > rollouts_before // per
+    return by_step or by_rollouts
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,10 @@ class RunSection(_Section):
         None, description="Allocator run id; default: the output folder's name."
     )
     seed: int = Field(0, ge=0, description="Seeds torch, the allocator's epoch order, sampling.")
-    steps: int = Field(40, ge=1, description="Optimiser steps to take.")
+    steps: int = Field(40, ge=1, description="Optimiser steps to take (at most).")
+    max_rollouts: int | None = Field(
+        None, ge=1, description="Also stop once this many rollouts were generated; null: no cap."
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="Save a resumable checkpoint every k steps (0: only at the end)."
     )
@@ -115,6 +118,12 @@ class OptimSection(_Section):
 
 class EvalSection(_Section):
     every: int = Field(5, ge=0, description="Evaluate every k steps (0: only at start and end).")
+    every_rollouts: int = Field(
+        0,
+        ge=0,
+        description="Also evaluate each time cumulative rollouts cross a multiple of this "
+        "(0: off); puts strategies that spend different rollouts per step on one schedule.",
+    )
     prompts: int = Field(2000, ge=1, description="Held-out prompts per evaluation.")
     samples: int = Field(1, ge=1, description="Sampled answers per prompt (temperature 1.0).")
     greedy: bool = Field(True, description="Also report greedy accuracy.")
