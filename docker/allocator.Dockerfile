@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The allocator service: `pilot-commit allocator serve`, state in Redis, no torch.
+# Build from the repository root: docker build -f docker/allocator.Dockerfile .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+# Dependencies from pyproject.toml alone (empty package stubs stand in for the source), so
+# editing the source reuses this layer; the stub install itself is then removed.
+COPY pyproject.toml ./
+RUN mkdir services trainer && touch services/__init__.py trainer/__init__.py \
+    && pip install ".[allocator]" \
+    && pip uninstall -y pilot-commit \
+    && rm -rf services trainer build ./*.egg-info
+
+COPY README.md ./
+COPY services ./services
+COPY trainer ./trainer
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
+
+RUN useradd --system --uid 10001 --user-group --create-home pilot
+USER pilot
+
+EXPOSE 8001
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/health', timeout=2)"]
+CMD ["pilot-commit", "allocator", "serve", "--host", "0.0.0.0", "--port", "8001"]
