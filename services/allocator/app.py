@@ -240,3 +240,17 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
         return await store.set_evicted(run_id, prompt_id, False)
+
+    @app.post(
+        "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
+        response_model=m.EvidenceResponse,
+        dependencies=Mutating,
+        tags=["prompts"],
+    )
+    async def evidence(
+        run_id: RunId, prompt_id: int, body: m.EvidenceRequest, store: Store
+    ) -> m.EvidenceResponse:
+        """Fold rewards observed outside the run's plans (e.g. an evaluation) into the
+        prompt's statistics; the strategy may restore an evicted prompt. Idempotent by
+        `evidence_id`."""
+        return await store.add_evidence(run_id, prompt_id, body)

@@ -122,3 +122,16 @@ class AllocatorClient:
         return await self._call(
             m.PromptStatsOut, "POST", f"/v1/runs/{run_id}/prompts/{prompt_id}/restore"
         )
+
+    async def add_evidence(
+        self, run_id: str, prompt_id: int, evidence_id: str, rewards: list[float]
+    ) -> m.EvidenceResponse:
+        """Report rewards seen outside the run's plans; a stable `evidence_id` makes a
+        retry (even from another process) apply them once."""
+        body = m.EvidenceRequest(evidence_id=evidence_id, rewards=rewards)
+        return await self._call(
+            m.EvidenceResponse,
+            "POST",
+            f"/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
+            body.model_dump(),
+        )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
@@ -66,6 +66,9 @@ class Counters:
     round: int = 0  # rounds planned in the current step
     committed: int = 0  # groups already in the current step's train batch
     buffer_seq: int = 0  # arrival counter for buffer entries
+    # Every other integer of the run's state hash: cumulative counters (gate_pass, ...) and
+    # values a strategy keeps there through `RoundOutcome.counts` increments.
+    totals: Mapping[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class RoundPlan:
     cursor: int  # new cursor: position after the last candidate consumed
     taken_from_buffer: list[BufferEntry] = field(default_factory=list)
     needs_more_candidates: bool = False  # ask the store for a wider window and plan again
+    # Decisions about candidates the plan consumed without planning them (e.g. skipped on
+    # their statistics): their new statistics and counter increments, written with the plan.
+    stats: dict[int, PromptStats] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,25 @@ class RoundOutcome:
     counts: dict[str, int] = field(default_factory=dict)  # counter name -> increment
 
 
+@dataclass(frozen=True)
+class EvidenceContext:
+    """Rewards of one prompt observed outside the run's plans (e.g. an evaluation)."""
+
+    counters: Counters
+    prompt_id: int
+    stats: PromptStats
+    rewards: Sequence[float]
+
+
+@dataclass
+class EvidenceOutcome:
+    """The prompt's new statistics. Its status may leave EVICTED / EVICT_PENDING (a
+    restore) for ACTIVE, DEFERRED or EASY; any other change of status is refused."""
+
+    stats: PromptStats
+    counts: dict[str, int] = field(default_factory=dict)
+
+
 class Strategy(ABC):
     """One allocation rule. Subclasses register themselves by `name` in `STRATEGIES`."""
 
@@ -154,6 +180,10 @@ class Strategy(ABC):
     def expire(self, step_done: int, buffer: Sequence[BufferEntry]) -> list[BufferEntry]:
         """Buffer entries too old to commit after step `step_done` (default: none)."""
         return []
+
+    def apply_evidence(self, ctx: EvidenceContext) -> EvidenceOutcome:
+        """Fold external evidence into a prompt's statistics (default: ignore it)."""
+        return EvidenceOutcome(ctx.stats)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -74,6 +74,11 @@ class RunKeys:
         return f"{self.prefix}:taken:{plan_id}"
 
     @property
+    def evidence(self) -> str:
+        """Hash evidence id -> digest of its prompt and rewards, for every evidence applied."""
+        return f"{self.prefix}:evidence"
+
+    @property
     def last_step_done(self) -> str:
         """The answer to the latest step completion, returned again to a retry."""
         return f"{self.prefix}:last_step_done"

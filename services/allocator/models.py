@@ -83,6 +83,13 @@ def _check_rewards(groups: list[list[float]]) -> list[list[float]]:
     return groups
 
 
+def _check_reward_list(rewards: list[float]) -> list[float]:
+    for j, reward in enumerate(rewards):
+        if not (math.isfinite(reward) and 0.0 <= reward <= 1.0):
+            raise ValueError(f"rewards[{j}] = {reward!r} is not a number in [0, 1]")
+    return rewards
+
+
 class ResultsRequest(_Model):
     rewards: list[list[float]] = Field(
         description="One list per plan item, in plan order, with exactly `n` rewards in [0, 1]."
@@ -95,8 +102,8 @@ class GateOut(_Model):
     prompt_id: int
     role: Role
     outcome: str = Field(
-        description="pass | too_easy | too_hard | trained | surplus: what the round did with "
-        "this prompt's group."
+        description="pass | too_easy | too_hard | trained | surplus | direct_commit | "
+        "evicted_posterior: what the round did with this prompt's group."
     )
 
 
@@ -154,6 +161,29 @@ class PromptStatsOut(_Model):
     )
 
 
+class EvidenceRequest(_Model):
+    evidence_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Idempotency key chosen by the caller: evidence already applied under "
+        "this id is not applied again.",
+    )
+    rewards: list[float] = Field(
+        min_length=1,
+        max_length=1_000_000,
+        description="Rewards in [0, 1] of answers to this prompt sampled outside the run's "
+        "plans (e.g. an evaluation at temperature 1.0), one per answer.",
+    )
+
+    _valid = field_validator("rewards")(_check_reward_list)
+
+
+class EvidenceResponse(_Model):
+    evidence_id: str
+    duplicate: bool = Field(description="True: this id was applied before; nothing changed.")
+    prompt: PromptStatsOut = Field(description="The prompt's statistics after the evidence.")
+
+
 class RunSummary(_Model):
     run_id: str
     spec: RunSpec
@@ -168,7 +198,10 @@ class RunSummary(_Model):
     counters: dict[str, int] = Field(
         description="Cumulative counts: rollouts_pilot / rollouts_commit / rollouts_full, "
         "gate_pass / gate_too_easy / gate_too_hard / gate_surplus, groups_trained, evicted, "
-        "expired, flushed, steps_completed, epochs_completed."
+        "expired, flushed, steps_completed, epochs_completed; and the strategy's own "
+        "(posterior_gate: gate_skipped_confident_easy / gate_skipped_confident_hard / "
+        "gate_direct_commit / gate_evicted_posterior, pilots_recheck, restored_evidence, "
+        "evidence_rewards, pass_through_ewma_ppm)."
     )
 
 

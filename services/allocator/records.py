@@ -38,7 +38,14 @@ class Outcome(IntEnum):
     EXPIRED = 6  # left the buffer unused after buffer_max_off_steps
     FLUSHED = 7  # left the buffer at an epoch end
     EVICTED = 8
-    RESTORED = 9
+    RESTORED = 9  # restored by hand
+    # Posterior-driven decisions (posterior_gate); see docs/strategies.md.
+    SKIPPED_CONFIDENT_EASY = 10  # not piloted: the posterior is confidently above the band
+    SKIPPED_CONFIDENT_HARD = 11  # not piloted: the posterior is confidently below the band
+    DIRECT_COMMIT = 12  # trained as a full group without a pilot: confidently inside the band
+    EVICTED_POSTERIOR = 13  # evict-pending, then evicted: confidently solved
+    RESTORED_EVIDENCE = 14  # restored from eviction by external evidence
+    EVIDENCE = 15  # external evidence (e.g. an evaluation) folded into the statistics
 
 
 _RECORD = struct.Struct("<IIfffiBBBBffi")

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -29,10 +29,12 @@ from services.allocator.core import (
     AllocationError,
     Candidate,
     Counters,
+    EvidenceContext,
     PlanContext,
     PlanItem,
     ResultContext,
     RoundOutcome,
+    RoundPlan,
     Strategy,
 )
 from services.allocator.keys import RUNS_INDEX, RunKeys
@@ -42,7 +44,10 @@ from services.allocator.strategies import load_all
 
 T = TypeVar("T")
 Writer = Callable[[Pipeline], None]
-_COUNTER_FIELDS = {f.name for f in fields(Counters)}
+_COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
+_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq"}
+_EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
+_RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
 
 
 class NotFound(LookupError):
@@ -220,6 +225,14 @@ class AllocatorStore:
         if rollover:  # its evictions are not written yet
             excluded |= set(rollover.evicted)
         decision = await self._decide_plan(run, keys, counters, buffer, excluded)
+        if not decision.items and rollover is None and decision.cursor >= run.spec.num_prompts:
+            # Nothing in the rest of the epoch could be planned (all evicted or skipped by
+            # the strategy): start the next epoch now instead of failing.
+            tail = decision
+            rollover = await self._rollover(keys, counters)
+            counters = rollover.counters
+            excluded |= set(rollover.evicted)
+            decision = _after_tail(tail, await self._decide_plan(run, keys, counters, [], excluded))
         if not decision.items:
             raise AllocationError(
                 "nothing left to plan: every prompt is evicted and the buffer is empty"
@@ -240,6 +253,8 @@ class AllocatorStore:
         def write(pipe: Pipeline) -> None:
             if rollover:
                 rollover.write(pipe)
+            _write_stats(pipe, keys, decision.stats)
+            _write_counts(pipe, keys, decision.counts)
             pipe.set(keys.plan(plan.plan_id), plan.model_dump_json(), ex=self.ttl_s)
             pipe.hset(keys.requests, request_id, plan.plan_id)
             pipe.sadd(keys.step_plans, plan.plan_id)
@@ -269,7 +284,7 @@ class AllocatorStore:
         counters: Counters,
         buffer: list[BufferEntry],
         excluded: set[int],
-    ) -> Any:
+    ) -> RoundPlan:
         """Let the strategy plan over a window of plannable candidates, widening it as asked.
 
         Evicted prompts and prompts already trained this step (possible when a small
@@ -300,7 +315,7 @@ class AllocatorStore:
         buffer = await self._buffer(keys)
         touched = pending + [e.prompt_id for e in buffer]
         stats = await self._read_stats(keys, touched)
-        updates = {pid: stats[pid].with_status(Status.EVICTED, Outcome.EVICTED) for pid in pending}
+        updates = {pid: _evicted(stats[pid]) for pid in pending}
         for entry in buffer:
             if stats[entry.prompt_id].status is Status.BUFFERED:
                 updates[entry.prompt_id] = stats[entry.prompt_id].with_status(
@@ -401,9 +416,7 @@ class AllocatorStore:
             pipe.hset(keys.buffer, mapping={e.prompt_id: e.pack() for e in outcome.buffer_add})
         if outcome.evict_pending:
             pipe.sadd(keys.evict_pending, *outcome.evict_pending)
-        for name, increment in outcome.counts.items():
-            if increment:
-                pipe.hincrby(keys.state, name, increment)
+        _write_counts(pipe, keys, outcome.counts)
 
     async def abandon(self, run_id: str, plan_id: str) -> m.Plan:
         """Close an open plan without results; its commit prompts go back to the buffer."""
@@ -521,6 +534,45 @@ class AllocatorStore:
 
         return await self._transact(keys, body)
 
+    async def add_evidence(
+        self, run_id: str, prompt_id: int, evidence: m.EvidenceRequest
+    ) -> m.EvidenceResponse:
+        """Fold external rewards into a prompt's statistics through the strategy's
+        `apply_evidence`; the strategy may restore an evicted prompt. Idempotent by id."""
+        run = await self.run(run_id)
+        keys = run.keys
+        self._check_prompt(run, prompt_id)
+        digest = _digest([[float(prompt_id)], evidence.rewards])
+
+        async def body(state: dict[str, str]) -> tuple[m.EvidenceResponse, Writer | None]:
+            known = await self.redis.hget(keys.evidence, evidence.evidence_id)
+            stats = (await self._read_stats(keys, [prompt_id]))[prompt_id]
+            if known is not None:
+                if _s(known) != digest:
+                    raise Conflict(
+                        f"evidence {evidence.evidence_id!r} was already reported with other "
+                        "rewards or for another prompt"
+                    )
+                return _evidence_out(evidence.evidence_id, True, prompt_id, stats), None
+            ctx = EvidenceContext(_counters(state), prompt_id, stats, evidence.rewards)
+            outcome = run.strategy.apply_evidence(ctx)
+            new = outcome.stats
+            _check_evidence_status(run.strategy, stats.status, new.status)
+            restored = stats.status in _EVICTION and new.status not in _EVICTION
+
+            def write(pipe: Pipeline) -> None:
+                _write_stats(pipe, keys, {prompt_id: new})
+                _write_counts(pipe, keys, outcome.counts)
+                pipe.hset(keys.evidence, evidence.evidence_id, digest)
+                if restored:
+                    pipe.srem(keys.evict_pending, prompt_id)
+                if restored and stats.status is Status.EVICTED:
+                    pipe.hincrby(keys.state, "evicted", -1)
+
+            return _evidence_out(evidence.evidence_id, False, prompt_id, new), write
+
+        return await self._transact(keys, body)
+
     async def summary(self, run_id: str) -> m.RunSummary:
         run = await self.run(run_id)
         keys = run.keys
@@ -531,7 +583,6 @@ class AllocatorStore:
             raw, buffer_size, pending = await pipe.execute()
         state = {_s(k): _s(v) for k, v in raw.items()}
         counters = _counters(state)
-        skip = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq"}
         return m.RunSummary(
             run_id=run_id,
             spec=run.spec,
@@ -543,7 +594,7 @@ class AllocatorStore:
             open_plan=state.get("open_plan") or None,
             buffer_size=buffer_size,
             evict_pending=pending,
-            counters={k: int(v) for k, v in sorted(state.items()) if k not in skip},
+            counters=dict(sorted(counters.totals.items())),
         )
 
     # ---- reads ----
@@ -599,8 +650,39 @@ def _write_stats(pipe: Pipeline, keys: RunKeys, stats: dict[int, PromptStats]) -
         pipe.hset(bucket, mapping=mapping)  # type: ignore[arg-type]
 
 
+def _write_counts(pipe: Pipeline, keys: RunKeys, counts: dict[str, int]) -> None:
+    for name, increment in counts.items():
+        if increment:
+            pipe.hincrby(keys.state, name, increment)
+
+
 def _counters(state: dict[str, str]) -> Counters:
-    return Counters(**{name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS})
+    core = {name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS}
+    totals = {k: int(v) for k, v in state.items() if k not in _NOT_TOTALS}
+    return Counters(**core, totals=totals)
+
+
+def _after_tail(tail: RoundPlan, plan: RoundPlan) -> RoundPlan:
+    """The next epoch's plan, carrying the decisions made on the previous epoch's tail."""
+    counts = dict(tail.counts)
+    for name, increment in plan.counts.items():
+        counts[name] = counts.get(name, 0) + increment
+    return replace(plan, stats={**tail.stats, **plan.stats}, counts=counts)
+
+
+def _evicted(stats: PromptStats) -> PromptStats:
+    """Applied at epoch end; a strategy's more specific reason for the eviction is kept."""
+    keep = stats.last_outcome is Outcome.EVICTED_POSTERIOR
+    return stats.with_status(Status.EVICTED, stats.last_outcome if keep else Outcome.EVICTED)
+
+
+def _check_evidence_status(strategy: Strategy, old: Status, new: Status) -> None:
+    if new is old or (old in _EVICTION and new in _RESTORED_TO):
+        return
+    raise RuntimeError(
+        f"strategy {strategy.name!r} moved a prompt from {old.name} to {new.name} on "
+        "evidence; only a restore (EVICTED / EVICT_PENDING to ACTIVE, DEFERRED, EASY) is allowed"
+    )
 
 
 def _b(value: bytes | str) -> bytes:
@@ -648,6 +730,14 @@ def _unpack_entries(raw: bytes | str | None) -> list[BufferEntry]:
         out.append(BufferEntry.unpack(raw[offset + 4 : offset + 4 + size]))
         offset += 4 + size
     return out
+
+
+def _evidence_out(
+    evidence_id: str, duplicate: bool, prompt_id: int, stats: PromptStats
+) -> m.EvidenceResponse:
+    return m.EvidenceResponse(
+        evidence_id=evidence_id, duplicate=duplicate, prompt=_stats_out(prompt_id, stats)
+    )
 
 
 def _stats_out(prompt_id: int, s: PromptStats) -> m.PromptStatsOut:
