@@ -1,0 +1,79 @@
+"""The arithmetic ladder: seeded, covering every level, train and test disjoint."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from trainer.tiny.task import (
+    LADDER,
+    TaskConfig,
+    difficulty_of,
+    generate_splits,
+    read_jsonl,
+    sample_problem,
+    score_completion,
+    write_jsonl,
+)
+
+SMALL = TaskConfig(train_per_level=200, test_per_level=40)
+
+
+def _level(prompt: str) -> tuple[str, int]:
+    op = next(o for o in "+-*" if o in prompt)
+    return op, difficulty_of(prompt)
+
+
+def test_same_seed_same_rows_other_seed_other_rows():
+    assert generate_splits(3, SMALL) == generate_splits(3, SMALL)
+    assert generate_splits(3, SMALL) != generate_splits(4, SMALL)
+
+
+def test_default_splits_are_disjoint_and_test_is_large_enough():
+    train, test = generate_splits(0, TaskConfig())
+    train_prompts = {row["prompt"] for row in train}
+    test_prompts = {row["prompt"] for row in test}
+    assert len(test_prompts) == len(test) >= 2000
+    assert len(train_prompts) == len(train)
+    assert not train_prompts & test_prompts
+
+
+def test_every_level_is_in_both_splits():
+    train, test = generate_splits(0, SMALL)
+    want = {(level.op, level.digits) for level in LADDER}
+    assert {_level(row["prompt"]) for row in train} == want
+    assert {_level(row["prompt"]) for row in test} == want
+    assert Counter(row["difficulty"] for row in test).keys() == {1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("level", LADDER)
+def test_answers_are_right_and_rows_have_the_documented_shape(level):
+    rng = random.Random(0)
+    for _ in range(50):
+        prompt, answer = sample_problem(rng, level)
+        assert prompt.endswith("=")
+        assert difficulty_of(prompt) == level.digits
+        a, b = (int(x) for x in prompt[:-1].split(level.op))
+        assert int(answer) == {"+": a + b, "-": a - b, "*": a * b}[level.op]
+        assert int(answer) >= 0
+
+
+def test_difficulty_is_the_longer_operand():
+    assert difficulty_of("12+345=") == 3
+    assert difficulty_of("7*8=") == 1
+
+
+@pytest.mark.parametrize(
+    ("completion", "ok"),
+    [("357", True), ("357</s>", True), (" 357\nmore", True), ("3570", False), ("", False)],
+)
+def test_score_completion(completion, ok):
+    assert score_completion(completion, "357") is ok
+
+
+def test_jsonl_round_trip(tmp_path):
+    rows = [{"prompt": "1+2=", "answer": "3", "difficulty": 1}]
+    write_jsonl(tmp_path / "d" / "x.jsonl", rows)
+    assert list(read_jsonl(tmp_path / "d" / "x.jsonl")) == rows
