@@ -311,3 +311,39 @@ def test_env_example_lists_every_variable_with_its_default() -> None:
             assert listed[var] == next(iter(values)), f"{var}: .env.example != compose default"
         else:  # defaults differ per service: documented in a comment, not set
             assert listed[var] is None, f"{var} has defaults {values}; leave it commented"
+
+
+# ---- docs/deploy.md's examples work with these files ------------------------------------
+
+
+def deploy_doc_blocks(language: str) -> list[str]:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_deploy_doc_gpu_config_loads(tmp_path: Path) -> None:
+    from trainer.config import load_config
+
+    [block] = deploy_doc_blocks("toml")
+    path = tmp_path / "gpu-math.toml"
+    path.write_text(block)
+    [args] = pilot_commit_invocations(all_services()["trainer"]["command"])
+    assert args[1] == "/config/" + path.name, "the documented file name is the default config"
+    overrides = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    config = load_config(path, overrides)
+    assert config.data.train_path and config.data.test_path and config.model.path
+    assert "{prompt}" in config.data.prompt_template
+    config.data.prompt_template.format(prompt="1 + 1")  # braces doubled where literal
+
+
+def test_deploy_doc_scale_out_override_validates(tmp_path: Path) -> None:
+    [block] = deploy_doc_blocks("yaml")
+    override = tmp_path / "compose.override.yaml"
+    # `extends.file` is relative to the override, which the docs put next to compose.yaml.
+    override.write_text(block.replace("file: compose.yaml", f"file: {COMPOSE_FILE}"))
+    result = run_compose("-f", str(override), "--profile", "gpu", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    devices = services["vllm-2"]["deploy"]["resources"]["reservations"]["devices"]
+    assert [d["device_ids"] for d in devices] == [["2"]]
+    assert services["trainer"]["depends_on"]["vllm-2"]["condition"] == "service_healthy"
