@@ -172,5 +172,6 @@ def main(argv: list[str]) -> int:
         f"results x{report['results_p99_growth']:.2f}"
     )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
