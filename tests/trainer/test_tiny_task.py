@@ -18,7 +18,7 @@ from trainer.tiny.task import (
     write_jsonl,
 )
 
-SMALL = TaskConfig(train_per_level=200, test_per_level=40)
+SMALL = TaskConfig(train_prompts=3000, test_prompts=600)
 
 
 def _level(prompt: str) -> tuple[str, int]:

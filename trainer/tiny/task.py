@@ -39,10 +39,20 @@ LADDER: tuple[Level, ...] = tuple(Level(op, d) for d in range(1, MAX_DIGITS + 1)
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Sizes of the generated splits; every level gets the same share of each split."""
+    """Split sizes and how they are shared over the ladder.
 
-    train_per_level: int = 1500
-    test_per_level: int = 200
+    `digit_weights[d - 1]` is the relative share of each d-digit level, in the data files
+    and in the warm start alike. Most of it goes to 2 and 3 digits: those are the levels a
+    model this size learns part of in a few minutes, so that is where pass rates between 0
+    and 1 come from; the 4- and 5-digit levels supply the never-solved end.
+    """
+
+    train_prompts: int = 20_000
+    test_prompts: int = 2_600
+    digit_weights: tuple[float, ...] = (0.5, 6.0, 3.0, 0.5, 0.25)
+
+    def level_weights(self) -> list[float]:
+        return [self.digit_weights[level.digits - 1] for level in LADDER]
 
 
 def _operand(rng: random.Random, digits: int) -> int:
@@ -103,13 +113,16 @@ def _unique_problems(rng: random.Random, level: Level, count: int) -> list[tuple
 def generate_splits(seed: int, config: TaskConfig) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test rows, seeded; test takes its share of each level first."""
     rng = random.Random(seed)
+    total_weight = sum(config.level_weights())
     train: list[dict] = []
     test: list[dict] = []
-    for level in LADDER:
-        wanted = config.train_per_level + config.test_per_level
-        problems = _unique_problems(rng, level, wanted)
-        # Small levels are split in proportion, so both splits still cover every level.
-        n_test = min(config.test_per_level, len(problems) * config.test_per_level // wanted)
+    for level, weight in zip(LADDER, config.level_weights(), strict=True):
+        n_train = round(config.train_prompts * weight / total_weight)
+        n_test = round(config.test_prompts * weight / total_weight)
+        problems = _unique_problems(rng, level, n_train + n_test)
+        # Small levels (1 digit: 100 problems) are split in proportion, so both splits
+        # still cover every level.
+        n_test = min(n_test, len(problems) * n_test // (n_train + n_test))
         rows = [make_row(p, a) for p, a in problems]
         test += rows[:n_test]
         train += rows[n_test:]

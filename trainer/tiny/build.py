@@ -1,0 +1,300 @@
+"""Build-if-absent for the tiny model and task: dataset, warm start, calibration, cache.
+
+Every CPU run of the pipeline starts from the same warm-started model, so building it is
+done once per configuration and reused: the output directory is keyed by the seed and a
+hash of everything that changes the result, and a finished build is marked by
+`calibration.json`, written last. A build is assembled in a temporary sibling directory and
+renamed into place, so an interrupted build never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
+from trainer.tiny.regimes import (
+    Estimate,
+    RegimeConfig,
+    class_stats,
+    classify,
+    estimate_pass_rates,
+    expected_share,
+    pick,
+    plug_in_share,
+    proportional_counts,
+    solve_mixture,
+)
+from trainer.tiny.task import TaskConfig, generate_splits, read_jsonl, write_jsonl
+from trainer.tiny.warmstart import WarmStartConfig, warm_start
+
+# Bump when the code changes what a build produces, so stale caches are not reused.
+BUILD_VERSION = 1
+# Fixed so that the same seed gives the same weights on a given machine: CPU reductions
+# are ordered differently with a different number of threads.
+BUILD_THREADS = 2
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The tiny Llama's shape (about 0.8M parameters)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 352
+    max_positions: int = 64
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Everything a build depends on; its hash names the build directory."""
+
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelShape = field(default_factory=ModelShape)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+    def digest(self) -> str:
+        payload = json.dumps({"version": BUILD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class TinyArtifacts:
+    """Where a finished build lives."""
+
+    root: Path
+    model_dir: Path
+    train_path: Path
+    test_path: Path
+    calibration: dict
+
+    @classmethod
+    def at(cls, root: Path) -> TinyArtifacts:
+        calibration = json.loads((root / "calibration.json").read_text())
+        data = root / "data"
+        return cls(root, root / "model", data / "train.jsonl", data / "test.jsonl", calibration)
+
+
+def default_out_root() -> Path:
+    """`$PILOT_COMMIT_CACHE/tiny`, else `.cache/tiny` under the working directory."""
+    cache = os.environ.get("PILOT_COMMIT_CACHE")
+    return (Path(cache) if cache else Path.cwd() / ".cache") / "tiny"
+
+
+def build_dir(out_root: Path, config: TinyConfig) -> Path:
+    return out_root / f"seed{config.seed}-{config.digest()}"
+
+
+def is_built(root: Path) -> bool:
+    return (root / "calibration.json").is_file()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArtifacts:
+    """Build into `build_dir(out_root, config)` unless it is already there."""
+    final = build_dir(out_root, config)
+    if is_built(final) and not force:
+        return TinyArtifacts.at(final)
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=out_root))
+    try:
+        with torch_threads(BUILD_THREADS):
+            _build_into(staging, config)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TinyArtifacts.at(final)
+
+
+def _build_into(root: Path, config: TinyConfig) -> None:
+    started = time.monotonic()
+    train_rows, test_rows = generate_splits(config.seed, config.task)
+    write_jsonl(root / "data" / "train.jsonl", train_rows)
+    write_jsonl(root / "data" / "test.jsonl", test_rows)
+    tokenizer = build_tokenizer()
+    shape = asdict(config.model)
+    model = init_model(tiny_llama_config(tokenizer, **shape), config.seed)
+    result = warm_start(
+        model,
+        tokenizer,
+        test_rows,
+        config.warm_start,
+        seed=config.seed,
+        level_weights=config.task.level_weights(),
+    )
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    _portable_tokenizer_class(root / "model")
+    calibration = {
+        **result.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_prompts": len(train_rows),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "torch_threads": BUILD_THREADS,
+        "config": {"version": BUILD_VERSION, **asdict(config)},
+    }
+    (root / "config.json").write_text(json.dumps(calibration["config"], indent=2) + "\n")
+    (root / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+
+
+def _portable_tokenizer_class(model_dir: Path) -> None:
+    """Name the tokenizer class that transformers 4.x loaders (vLLM images) also know.
+
+    transformers 5 saves its own name, `TokenizersBackend`, and loads either.
+    """
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def ensure_tiny(out_root: Path | None = None, seed: int = 0) -> TinyArtifacts:
+    """The default tiny build for `seed`, building it first if it is not cached."""
+    return build(out_root or default_out_root(), TinyConfig(seed=seed))
+
+
+def load_rows(path: Path) -> list[dict]:
+    return list(read_jsonl(path))
+
+
+@dataclass(frozen=True)
+class RegimeArtifacts:
+    """The regime datasets of one build: target share -> (train, test) paths."""
+
+    manifest_path: Path
+    paths: dict[float, tuple[Path, Path]]
+    manifest: dict
+
+
+def regime_dir(artifacts: TinyArtifacts, target: float) -> Path:
+    return artifacts.root / "data" / f"regime-{round(target * 100)}"
+
+
+def build_regimes(
+    artifacts: TinyArtifacts, config: RegimeConfig, *, force: bool = False
+) -> RegimeArtifacts:
+    """Estimate pass rates with the warm-started model and write one dataset per target."""
+    manifest_path = artifacts.root / "data" / "regimes.json"
+    wanted = asdict(config)
+    if manifest_path.is_file() and not force:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["config"] == json.loads(json.dumps(wanted)):
+            return _regime_artifacts(artifacts, config, manifest_path, manifest)
+    started = time.monotonic()
+    seed = artifacts.calibration["config"]["seed"]
+    with torch_threads(BUILD_THREADS):
+        estimates = _estimate_splits(artifacts, config, seed)
+    write_jsonl(artifacts.root / "data" / "pass_rates.jsonl", _pass_rate_rows(estimates, config))
+    regimes = [
+        _write_regime(artifacts, estimates, config, target, seed) for target in config.targets
+    ]
+    manifest = {
+        "config": wanted,
+        "classes": {split: _stats_dict(estimates[split], config) for split in estimates},
+        "regimes": regimes,
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    # Written last: its presence marks the regime datasets as complete.
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return _regime_artifacts(artifacts, config, manifest_path, manifest)
+
+
+def _regime_artifacts(
+    artifacts: TinyArtifacts, config: RegimeConfig, manifest_path: Path, manifest: dict
+) -> RegimeArtifacts:
+    paths = {
+        t: (regime_dir(artifacts, t) / "train.jsonl", regime_dir(artifacts, t) / "test.jsonl")
+        for t in config.targets
+    }
+    return RegimeArtifacts(manifest_path, paths, manifest)
+
+
+def _estimate_splits(
+    artifacts: TinyArtifacts, config: RegimeConfig, seed: int
+) -> dict[str, list[Estimate]]:
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(artifacts.model_dir)
+    model = LlamaForCausalLM.from_pretrained(artifacts.model_dir)
+    train_rows = load_rows(artifacts.train_path)
+    train_rows = random.Random(seed).sample(train_rows, min(config.train_pool, len(train_rows)))
+    test_rows = load_rows(artifacts.test_path)
+    return {
+        "train": estimate_pass_rates(model, tokenizer, train_rows, config, seed),
+        "test": estimate_pass_rates(model, tokenizer, test_rows, config, seed + 2),
+    }
+
+
+def _pass_rate_rows(estimates: dict[str, list[Estimate]], config: RegimeConfig) -> Iterator[dict]:
+    for split, split_estimates in estimates.items():
+        for e in split_estimates:
+            yield {
+                **e.row,
+                "split": split,
+                "class": classify(e.classify_right, config.classify_samples),
+                "classify_right": e.classify_right,
+                "group_right": e.group_right,
+            }
+
+
+def _stats_dict(estimates: list[Estimate], config: RegimeConfig) -> dict:
+    stats = class_stats(estimates, config)
+    return {"counts": stats.counts, "zero_variance": stats.zero_variance}
+
+
+def _write_regime(
+    artifacts: TinyArtifacts,
+    estimates: dict[str, list[Estimate]],
+    config: RegimeConfig,
+    target: float,
+    seed: int,
+) -> dict:
+    """Solve the mixture on the train pool, mirror it on test, write both, summarise."""
+    stats = {split: class_stats(rows, config) for split, rows in estimates.items()}
+    mixture = solve_mixture(target, stats["train"], config.easy_share)
+    counts = {
+        "train": mixture.counts,
+        "test": proportional_counts(mixture, stats["test"].counts),
+    }
+    out = regime_dir(artifacts, target)
+    summary: dict = {"target": target, "dir": out.name}
+    for split, split_counts in counts.items():
+        chosen = pick(estimates[split], split_counts, config, seed)
+        write_jsonl(out / f"{split}.jsonl", (e.row for e in chosen))
+        summary[split] = {
+            "prompts": len(chosen),
+            "counts": split_counts,
+            "predicted_zero_variance": expected_share(split_counts, stats[split].zero_variance),
+            "plug_in_zero_variance": plug_in_share(chosen, config),
+        }
+    return summary
+
+
+def ensure_regimes(
+    out_root: Path | None = None, seed: int = 0, config: RegimeConfig | None = None
+) -> RegimeArtifacts:
+    """The regime datasets of the default build for `seed`, building what is missing."""
+    return build_regimes(ensure_tiny(out_root, seed), config or RegimeConfig())
