@@ -26,15 +26,17 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 from trainer.tiny.regimes import (
+    CLASSES,
+    MIDDLE,
     Estimate,
     RegimeConfig,
+    all_equal,
     class_stats,
     classify,
     estimate_pass_rates,
-    expected_share,
-    pick,
+    order_extras,
     plug_in_share,
-    proportional_counts,
+    share,
     solve_mixture,
 )
 from trainer.tiny.task import TaskConfig, generate_splits, read_jsonl, write_jsonl
@@ -215,7 +217,7 @@ def build_regimes(
     ]
     manifest = {
         "config": wanted,
-        "classes": {split: _stats_dict(estimates[split], config) for split in estimates},
+        "classes": {split: class_stats(rows, config) for split, rows in estimates.items()},
         "regimes": regimes,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
@@ -260,11 +262,6 @@ def _pass_rate_rows(estimates: dict[str, list[Estimate]], config: RegimeConfig) 
             }
 
 
-def _stats_dict(estimates: list[Estimate], config: RegimeConfig) -> dict:
-    stats = class_stats(estimates, config)
-    return {"counts": stats.counts, "zero_variance": stats.zero_variance}
-
-
 def _write_regime(
     artifacts: TinyArtifacts,
     estimates: dict[str, list[Estimate]],
@@ -272,25 +269,38 @@ def _write_regime(
     target: float,
     seed: int,
 ) -> dict:
-    """Solve the mixture on the train pool, mirror it on test, write both, summarise."""
-    stats = {split: class_stats(rows, config) for split, rows in estimates.items()}
-    mixture = solve_mixture(target, stats["train"], config.easy_share)
-    counts = {
-        "train": mixture.counts,
-        "test": proportional_counts(mixture, stats["test"].counts),
+    """Solve the mixture on the train pool, mirror its proportions on test, write both."""
+    parts = {split: _middle_and_extras(rows, config, seed) for split, rows in estimates.items()}
+    middle, extras = parts["train"]
+    flat = [all_equal(e, config) for e in middle], [all_equal(e, config) for e in extras]
+    mixture = solve_mixture(target, *flat)
+    test_middle, test_extras = parts["test"]
+    ratio = mixture.extras / max(1, mixture.middle)
+    chosen = {
+        "train": middle[: mixture.middle] + extras[: mixture.extras],
+        "test": test_middle + test_extras[: round(ratio * len(test_middle))],
     }
     out = regime_dir(artifacts, target)
     summary: dict = {"target": target, "dir": out.name}
-    for split, split_counts in counts.items():
-        chosen = pick(estimates[split], split_counts, config, seed)
-        write_jsonl(out / f"{split}.jsonl", (e.row for e in chosen))
+    for split, rows in chosen.items():
+        random.Random(seed).shuffle(rows)
+        write_jsonl(out / f"{split}.jsonl", (e.row for e in rows))
+        classes = [classify(e.classify_right, config.classify_samples) for e in rows]
         summary[split] = {
-            "prompts": len(chosen),
-            "counts": split_counts,
-            "predicted_zero_variance": expected_share(split_counts, stats[split].zero_variance),
-            "plug_in_zero_variance": plug_in_share(chosen, config),
+            "prompts": len(rows),
+            "counts": {c: classes.count(c) for c in CLASSES},
+            "predicted_zero_variance": share([all_equal(e, config) for e in rows]),
+            "plug_in_zero_variance": plug_in_share(rows, config),
         }
     return summary
+
+
+def _middle_and_extras(
+    rows: list[Estimate], config: RegimeConfig, seed: int
+) -> tuple[list[Estimate], list[Estimate]]:
+    middle = [e for e in rows if classify(e.classify_right, config.classify_samples) == MIDDLE]
+    random.Random(seed).shuffle(middle)
+    return middle, order_extras(rows, config, seed)
 
 
 def ensure_regimes(

@@ -11,10 +11,11 @@ answers from the warm-started model:
   zero-variance probability; plugging the classifier's p into p^G + (1-p)^G is not,
   because an all-right handful of answers does not mean p = 1.
 
-Each regime keeps every middle prompt and adds easy and hard prompts (half each, by
-default) in the number that brings the expected zero-variance share to the target. The
-held-out test set of a regime is built the same way from test prompts: all middle test
-prompts plus easy and hard test prompts in the train set's proportions.
+Each regime keeps every middle prompt and adds easy and hard prompts (hard ones longest
+problem first, see `order_extras`) until the all-equal share of their fresh groups reaches
+the target; when the pool has too few, the middle is cut instead. The held-out test set
+of a regime holds every middle test prompt plus extras taken the same way from the test
+prompts, in the train set's ratio of extras to middle.
 This module's selection logic is pure; `estimate_pass_rates` is the only part that runs
 the model.
 """
@@ -41,7 +42,11 @@ class RegimeConfig:
     group_size: int = 32
     classify_samples: int = 16
     train_pool: int = 6000  # train prompts estimated (a seeded subset of train.jsonl)
-    easy_share: float = 0.5  # of the easy + hard prompts added beside the middle
+    # Share of easy prompts among those added beside the middle. Off by default: at
+    # temperature 1.0 the warm-started model solves almost nothing reliably (35 of 6,000
+    # prompts were 16/16, and their fresh groups were all-right 6% of the time), so easy
+    # prompts would act as more middle.
+    easy_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,89 +86,87 @@ def estimate_pass_rates(
     return [Estimate(row, a, b) for row, a, b in zip(rows, first, second, strict=True)]
 
 
-@dataclass(frozen=True)
-class ClassStats:
-    """Per-class estimates the mixture is solved from."""
-
-    counts: dict[str, int]
-    zero_variance: dict[str, float]  # measured on the fresh group of G answers
+def all_equal(e: Estimate, config: RegimeConfig) -> bool:
+    """Whether the fresh group of G answers was all right or all wrong."""
+    return e.group_right in (0, config.group_size)
 
 
-def class_stats(estimates: Sequence[Estimate], config: RegimeConfig) -> ClassStats:
-    counts = dict.fromkeys(CLASSES, 0)
-    all_equal = dict.fromkeys(CLASSES, 0)
+def class_stats(estimates: Sequence[Estimate], config: RegimeConfig) -> dict[str, dict]:
+    """Per class: how many prompts, and the share whose fresh group was all-equal."""
+    stats: dict[str, dict] = {}
+    for c in CLASSES:
+        members = [e for e in estimates if classify(e.classify_right, config.classify_samples) == c]
+        flat = sum(all_equal(e, config) for e in members)
+        stats[c] = {"prompts": len(members), "zero_variance": flat / max(1, len(members))}
+    return stats
+
+
+def order_extras(estimates: Sequence[Estimate], config: RegimeConfig, seed: int) -> list[Estimate]:
+    """Easy and hard prompts in the order a regime takes them.
+
+    Hard prompts come longest problem first: 0 right of 16 answers still admits p = 0.05,
+    whose group of 32 is all-wrong only a fifth of the time, while a 5-digit sum is truly
+    out of reach. The order uses only the ladder level, never the fresh answers, so their
+    all-equal rate stays an unbiased estimate. Easy prompts are interleaved at
+    `easy_share`.
+    """
+    rng = random.Random(seed)
+    by_class: dict[str, list[Estimate]] = {EASY: [], HARD: []}
     for e in estimates:
         cls = classify(e.classify_right, config.classify_samples)
-        counts[cls] += 1
-        all_equal[cls] += e.group_right in (0, config.group_size)
-    zv = {c: all_equal[c] / counts[c] if counts[c] else 0.0 for c in CLASSES}
-    return ClassStats(counts, zv)
+        if cls in by_class:
+            by_class[cls].append(e)
+    rng.shuffle(by_class[EASY])
+    rng.shuffle(by_class[HARD])
+    by_class[HARD].sort(key=lambda e: -e.row["difficulty"])
+    ordered: list[Estimate] = []
+    easy, hard = iter(by_class[EASY]), iter(by_class[HARD])
+    for i in range(len(by_class[EASY]) + len(by_class[HARD])):
+        want_easy = int((i + 1) * config.easy_share) > int(i * config.easy_share)
+        first, second = (easy, hard) if want_easy else (hard, easy)
+        ordered.append(next(first, None) or next(second))
+    return ordered
 
 
 @dataclass(frozen=True)
 class Mixture:
-    """How many prompts of each class a regime takes, and its expected share."""
+    """A regime: how many middle prompts, how many leading extras, the expected share."""
 
     target: float
-    counts: dict[str, int]
+    middle: int
+    extras: int
     expected_zero_variance: float
 
 
-def expected_share(counts: dict[str, int], zero_variance: dict[str, float]) -> float:
-    total = sum(counts.values())
-    return sum(counts[c] * zero_variance[c] for c in CLASSES) / total if total else 0.0
+def solve_mixture(
+    target: float, middle_flat: Sequence[bool], extras_flat: Sequence[bool]
+) -> Mixture:
+    """The fewest leading extras that bring the all-equal share to `target`.
 
-
-def solve_mixture(target: float, stats: ClassStats, easy_share: float) -> Mixture:
-    """All middle prompts plus enough easy/hard ones to reach `target`.
-
-    With m middle prompts at share z_m and x extra prompts at z_x (the easy/hard blend),
-    (m z_m + x z_x) / (m + x) = target gives x = m (target - z_m) / (z_x - target).
-    When the pool lacks easy or hard prompts for that x, the middle is cut instead,
-    keeping the proportions.
+    `middle_flat` and `extras_flat` say, per prompt, whether its fresh group was all-equal.
+    With every middle prompt kept, the share after x extras is
+    (flat middle + flat among the first x extras) / (middle + x). When even all extras fall
+    short, the middle is cut (a seeded prefix) until the target is met.
     """
-    zv, avail = stats.zero_variance, stats.counts
-    z_x = easy_share * zv[EASY] + (1 - easy_share) * zv[HARD]
-    if not zv[MIDDLE] < target < z_x:
-        raise ValueError(
-            f"target {target:.0%} is outside what this pool can reach "
-            f"(middle alone {zv[MIDDLE]:.0%}, easy/hard blend {z_x:.0%})"
-        )
-    middle = avail[MIDDLE]
-    extra = middle * (target - zv[MIDDLE]) / (z_x - target)
-    wanted = {EASY: easy_share * extra, HARD: (1 - easy_share) * extra}
-    scale = min([1.0] + [avail[c] / wanted[c] for c in (EASY, HARD) if wanted[c] > 0])
-    counts = {
-        MIDDLE: int(middle * scale),
-        EASY: round(wanted[EASY] * scale),
-        HARD: round(wanted[HARD] * scale),
-    }
-    return Mixture(target, counts, expected_share(counts, zv))
+    m, z_m = len(middle_flat), sum(middle_flat)
+    if m and z_m / m >= target:
+        raise ValueError(f"target {target:.0%} is below the middle's own share {z_m / m:.0%}")
+    flat = 0
+    for x, is_flat in enumerate(extras_flat, start=1):
+        flat += is_flat
+        if (z_m + flat) / (m + x) >= target:
+            return Mixture(target, m, x, (z_m + flat) / (m + x))
+    # All extras: cut the middle from the end until the target is met.
+    x = len(extras_flat)
+    for cut in range(m, -1, -1):
+        z_cut = sum(middle_flat[:cut])
+        if cut + x and (z_cut + flat) / (cut + x) >= target:
+            return Mixture(target, cut, x, (z_cut + flat) / (cut + x))
+    raise ValueError(f"target {target:.0%} is above what this pool can reach")
 
 
-def proportional_counts(mixture: Mixture, available: dict[str, int]) -> dict[str, int]:
-    """Test-side counts: every middle prompt, easy and hard in the train proportions."""
-    middle = available[MIDDLE]
-    ratio = {c: mixture.counts[c] / max(1, mixture.counts[MIDDLE]) for c in (EASY, HARD)}
-    counts = {MIDDLE: middle}
-    for c in (EASY, HARD):
-        counts[c] = min(available[c], round(ratio[c] * middle))
-    return counts
-
-
-def pick(
-    estimates: Sequence[Estimate], counts: dict[str, int], config: RegimeConfig, seed: int
-) -> list[Estimate]:
-    """A seeded choice of `counts[c]` estimates of each class, shuffled together."""
-    rng = random.Random(seed)
-    by_class: dict[str, list[Estimate]] = {c: [] for c in CLASSES}
-    for e in estimates:
-        by_class[classify(e.classify_right, config.classify_samples)].append(e)
-    chosen: list[Estimate] = []
-    for c in CLASSES:
-        chosen += rng.sample(by_class[c], counts[c])
-    rng.shuffle(chosen)
-    return chosen
+def share(flat: Sequence[bool]) -> float:
+    return sum(flat) / len(flat) if flat else 0.0
 
 
 def plug_in_share(chosen: Sequence[Estimate], config: RegimeConfig) -> float:
