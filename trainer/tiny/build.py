@@ -209,9 +209,11 @@ def build_regimes(
             return _regime_artifacts(artifacts, config, manifest_path, manifest)
     started = time.monotonic()
     seed = artifacts.calibration["config"]["seed"]
-    with torch_threads(BUILD_THREADS):
-        estimates = _estimate_splits(artifacts, config, seed)
-    write_jsonl(artifacts.root / "data" / "pass_rates.jsonl", _pass_rate_rows(estimates, config))
+    estimates = None if force else _cached_estimates(artifacts, config)
+    if estimates is None:
+        with torch_threads(BUILD_THREADS):
+            estimates = _estimate_splits(artifacts, config, seed)
+        _save_estimates(artifacts, config, estimates)
     regimes = [
         _write_regime(artifacts, estimates, config, target, seed) for target in config.targets
     ]
@@ -250,16 +252,42 @@ def _estimate_splits(
     }
 
 
-def _pass_rate_rows(estimates: dict[str, list[Estimate]], config: RegimeConfig) -> Iterator[dict]:
-    for split, split_estimates in estimates.items():
-        for e in split_estimates:
-            yield {
-                **e.row,
-                "split": split,
-                "class": classify(e.classify_right, config.classify_samples),
-                "classify_right": e.classify_right,
-                "group_right": e.group_right,
-            }
+def _estimate_key(config: RegimeConfig) -> dict:
+    """The settings the pass-rate estimates depend on (not the targets)."""
+    return {k: getattr(config, k) for k in ("group_size", "classify_samples", "train_pool")}
+
+
+def _save_estimates(
+    artifacts: TinyArtifacts, config: RegimeConfig, estimates: dict[str, list[Estimate]]
+) -> None:
+    rows = (
+        {
+            **e.row,
+            "split": split,
+            "class": classify(e.classify_right, config.classify_samples),
+            "classify_right": e.classify_right,
+            "group_right": e.group_right,
+        }
+        for split, split_estimates in estimates.items()
+        for e in split_estimates
+    )
+    data = artifacts.root / "data"
+    write_jsonl(data / "pass_rates.jsonl", rows)
+    (data / "pass_rates.key.json").write_text(json.dumps(_estimate_key(config)) + "\n")
+
+
+def _cached_estimates(
+    artifacts: TinyArtifacts, config: RegimeConfig
+) -> dict[str, list[Estimate]] | None:
+    """The estimates of an earlier `regimes` run with the same sampling settings."""
+    key_path = artifacts.root / "data" / "pass_rates.key.json"
+    if not key_path.is_file() or json.loads(key_path.read_text()) != _estimate_key(config):
+        return None
+    estimates: dict[str, list[Estimate]] = {"train": [], "test": []}
+    for r in read_jsonl(artifacts.root / "data" / "pass_rates.jsonl"):
+        row = {k: r[k] for k in ("prompt", "answer", "difficulty")}
+        estimates[r["split"]].append(Estimate(row, r["classify_right"], r["group_right"]))
+    return estimates
 
 
 def _write_regime(
@@ -275,10 +303,13 @@ def _write_regime(
     flat = [all_equal(e, config) for e in middle], [all_equal(e, config) for e in extras]
     mixture = solve_mixture(target, *flat)
     test_middle, test_extras = parts["test"]
+    # Test mirrors the train ratio of extras to middle; where test extras run short, the
+    # test middle is cut to keep the ratio rather than the ratio being broken.
     ratio = mixture.extras / max(1, mixture.middle)
+    n_middle = min(len(test_middle), int(len(test_extras) / ratio) if ratio else len(test_middle))
     chosen = {
         "train": middle[: mixture.middle] + extras[: mixture.extras],
-        "test": test_middle + test_extras[: round(ratio * len(test_middle))],
+        "test": test_middle[:n_middle] + test_extras[: round(ratio * n_middle)],
     }
     out = regime_dir(artifacts, target)
     summary: dict = {"target": target, "dir": out.name}

@@ -156,13 +156,32 @@ def solve_mixture(
         flat += is_flat
         if (z_m + flat) / (m + x) >= target:
             return Mixture(target, m, x, (z_m + flat) / (m + x))
-    # All extras: cut the middle from the end until the target is met.
-    x = len(extras_flat)
-    for cut in range(m, -1, -1):
-        z_cut = sum(middle_flat[:cut])
-        if cut + x and (z_cut + flat) / (cut + x) >= target:
-            return Mixture(target, cut, x, (z_cut + flat) / (cut + x))
-    raise ValueError(f"target {target:.0%} is above what this pool can reach")
+    return _cut_middle(target, middle_flat, extras_flat)
+
+
+def _cut_middle(target: float, middle_flat: Sequence[bool], extras_flat: Sequence[bool]) -> Mixture:
+    """The largest middle (a prefix) that some prefix of extras can lift to `target`.
+
+    Extras are ordered most-likely-flat first, so a shorter prefix can have a higher
+    all-equal share than the whole list; every prefix length is tried.
+    """
+    best: tuple[int, int] | None = None
+    flat = 0
+    for x, is_flat in enumerate(extras_flat, start=1):
+        flat += is_flat
+        z_cut = 0
+        for cut in range(len(middle_flat) + 1):
+            if cut:
+                z_cut += middle_flat[cut - 1]
+            if (z_cut + flat) / (cut + x) < target:
+                break
+            if best is None or (cut, x) > best:
+                best = (cut, x)
+    if best is None:
+        raise ValueError(f"target {target:.0%} is above what this pool can reach")
+    cut, x = best
+    total = sum(middle_flat[:cut]) + sum(extras_flat[:x])
+    return Mixture(target, cut, x, total / (cut + x))
 
 
 def share(flat: Sequence[bool]) -> float:
