@@ -164,6 +164,9 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
     async with clients(config, urls, output) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)
         await prepare_run(trainer, config, output)
+        # The servers may hold another run's weights (a shared stack) or a restarted
+        # server's initial ones: start from ours.
+        await trainer.push_weights()
         if trainer.step == 0:
             logbook.write(await trainer.evaluate())
         while not finished(trainer, config):

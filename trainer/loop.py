@@ -287,7 +287,7 @@ class Trainer:
             GenerationRequest(self.eval_data.prompt_tokens[i], samples, params)
             for i in range(count)
         ]
-        completions = await self.services.generation.generate(requests)
+        completions = await self._generate(requests)
         items = [
             ScoreItem(
                 response=smp.text, reference=self.eval_data.answers[i], task=self.cfg.data.task

@@ -8,6 +8,7 @@ stopped, through their own handles.
 from __future__ import annotations
 
 import argparse
+import atexit
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class EmbeddedStack:
 
     def start(self) -> StackUrls:
         logs = self.workdir / "logs"
+        atexit.register(self.stop)  # also on an exit that skips the context manager
         try:
             with self.console.status("starting the embedded stack") as status:
                 redis_port = free_port()
