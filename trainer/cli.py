@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
-from services.common.http import RetryPolicy
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
 from services.verifier.client import VerifierClient
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.generation.client import GenerationClient
@@ -212,10 +212,14 @@ def main(argv: list[str]) -> int:
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.json")
     console = Console()
-    with (
-        services_for(config, output, console) as urls,
-        Logbook(output, config.run.steps, console) as logbook,
-    ):
-        asyncio.run(train(config, output, urls, logbook))
+    try:
+        with (
+            services_for(config, output, console) as urls,
+            Logbook(output, config.run.steps, console) as logbook,
+        ):
+            asyncio.run(train(config, output, urls, logbook))
+    except (ServiceError, ServiceUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
     console.print(f"done: metrics in {output / 'metrics.jsonl'}")
     return 0
