@@ -145,6 +145,8 @@ def bootstrap_ratio(num: list[float], den: list[float], rng: np.random.Generator
         top, bottom = float(np.median(a)), float(np.median(b))
         if math.isinf(bottom):
             return 0.0 if not math.isinf(top) else math.nan
+        if bottom == 0.0:  # the warm start already met the target: a tie when both did
+            return 1.0 if top == 0.0 else math.inf
         return top / bottom
 
     a, b = np.array(num, dtype=float), np.array(den, dtype=float)

@@ -32,6 +32,7 @@ def test_bootstrap_ratio_point_and_interval() -> None:
     assert point == 2.0 and low <= 2.0 <= high and low >= 1.0 and high <= 3.0
     point, _ = bootstrap_ratio([math.inf, math.inf, 100], [100, 100, 100], rng)
     assert math.isinf(point)  # GRPO's median never reached the target
+    assert bootstrap_ratio([0, 0, 0], [0, 0, 0], rng)[0] == 1.0  # warm start met it: a tie
 
 
 def test_target_is_fixed_from_grpo() -> None:
