@@ -56,6 +56,15 @@ class StrategyConfig(BaseModel):
         raise NotImplementedError
 
 
+class FullGroupConfig(StrategyConfig):
+    """A strategy whose every group is sampled whole: n rollouts per prompt."""
+
+    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
+
+    def group_size(self) -> int:
+        return self.n
+
+
 @dataclass(frozen=True)
 class Counters:
     """The run's small scalar state (one Redis hash)."""

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from services.allocator.core import (
     Counters,
+    FullGroupConfig,
     PlanContext,
     PlanItem,
     ResultContext,
@@ -17,7 +18,6 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
     observe,
     summarize,
@@ -26,17 +26,13 @@ from services.allocator.core import (
 from services.allocator.records import Outcome, Status
 
 
-class DAPOConfig(StrategyConfig):
+class DAPOConfig(FullGroupConfig):
     """Dynamic sampling with zero-variance filtering."""
 
     strategy: Literal["dapo"] = "dapo"
-    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
     gen_batch_size: int | None = Field(
         None, ge=1, le=65536, description="Prompts sampled per round; default train_batch_size."
     )
-
-    def group_size(self) -> int:
-        return self.n
 
     def prompts_per_round(self) -> int:
         return self.gen_batch_size or self.train_batch_size

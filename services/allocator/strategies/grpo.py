@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from services.allocator.core import (
+    FullGroupConfig,
     PlanContext,
     PlanItem,
     ResultContext,
@@ -14,7 +13,6 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
     observe,
     summarize,
@@ -23,14 +21,10 @@ from services.allocator.core import (
 from services.allocator.records import Outcome, Status
 
 
-class GRPOConfig(StrategyConfig):
+class GRPOConfig(FullGroupConfig):
     """Plain group sampling: B prompts x G rollouts per step."""
 
     strategy: Literal["grpo"] = "grpo"
-    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
-
-    def group_size(self) -> int:
-        return self.n
 
 
 class GRPO(Strategy):
