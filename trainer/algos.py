@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -81,3 +83,22 @@ def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     """log p(target) per position: logits [N, T, V], targets [N, T] -> [N, T] (fp32)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def lr_factor(
+    step: int, *, warmup_steps: int, schedule: str, total_steps: int, min_ratio: float
+) -> float:
+    """Share of the peak learning rate for the `step`-th train step (0-based).
+
+    Linear warmup over `warmup_steps` (step 0 gets 1 / warmup_steps), then `constant`, or
+    `cosine` decay from 1 to `min_ratio` at `total_steps`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {schedule!r}")
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -87,7 +87,11 @@ def run_config(args: argparse.Namespace, regime: tuple[Path, Path], model: Path,
         "run.checkpoint_every=0", f'run.run_id="{run_id}"', "data.tiny=false",
         f'data.train_path="{train_path}"', f'data.test_path="{test_path}"',
         f'model.path="{model}"', "eval.every=0", f"eval.every_rollouts={args.eval_every}",
-        f"eval.prompts={args.eval_prompts}", "eval.greedy=false",
+        f"eval.prompts={args.eval_prompts}", f"eval.samples={args.eval_samples}",
+        "eval.greedy=false",
+        # runs end on a rollout budget, which strategies reach in different step counts:
+        # a step-based decay would treat them differently, so the rate stays constant
+        'optim.lr_schedule="constant"',
     ]  # fmt: skip
     config = load_config(ROOT / "configs" / "tiny.toml", overrides)
     return config.model_copy(
@@ -271,6 +275,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget", type=int, help="rollouts per run (default 24000; quick 8000)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N rollouts")
     parser.add_argument("--eval-prompts", type=int, default=2000)
+    parser.add_argument("--eval-samples", type=int, default=2,
+                        help="temperature-1.0 answers per held-out prompt (default 2)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("runs/bench-efficiency"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG path prefix: one PNG per regime")

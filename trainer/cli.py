@@ -159,7 +159,13 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     data = load_dataset(config.data.train_path, config, tokenizer)
     eval_data = load_dataset(config.data.test_path, config, tokenizer)
-    policy = Policy(config.model.path, config.optim, config.model.device, config.model.dtype)
+    policy = Policy(
+        config.model.path,
+        config.optim,
+        config.model.device,
+        config.model.dtype,
+        total_steps=config.run.steps,
+    )
     run_id = config.run.run_id or output.resolve().name
     async with clients(config, urls, output) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)

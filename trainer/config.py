@@ -94,7 +94,16 @@ class SamplingSection(_Section):
 class OptimSection(_Section):
     """Policy-gradient loss and optimiser."""
 
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (peak, after warmup).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="After warmup: `constant`, or `cosine` decay to min_lr_ratio x lr at"
+        " run.steps.",
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from lr / warmup_steps.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final lr of the cosine schedule, as a share of lr."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")

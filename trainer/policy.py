@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from trainer.algos import PolicyLossInput, group_advantages, policy_loss, token_logprobs
+from trainer.algos import (
+    PolicyLossInput,
+    group_advantages,
+    lr_factor,
+    policy_loss,
+    token_logprobs,
+)
 from trainer.config import OptimSection
 
 
@@ -71,7 +77,15 @@ def collate(
 
 
 class Policy:
-    def __init__(self, model_path: Path, optim: OptimSection, device: str, dtype: str) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        optim: OptimSection,
+        device: str,
+        dtype: str,
+        *,
+        total_steps: int = 0,
+    ) -> None:
         self.device = pick_device(device)
         torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
@@ -83,6 +97,17 @@ class Policy:
         self.pad_id = int(self.model.config.pad_token_id or 0)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+        )
+        # One scheduler step per train step (however many mini-batch updates it takes).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step,
+                warmup_steps=optim.warmup_steps,
+                schedule=optim.lr_schedule,
+                total_steps=total_steps,
+                min_ratio=optim.min_lr_ratio,
+            ),
         )
         self.reference: PreTrainedModel | None = None
         if optim.kl_coef > 0:
@@ -117,6 +142,7 @@ class Policy:
             "tis_weight": 0.0,
             "grad_norm": 0.0,
         }
+        lr = self.optimizer.param_groups[0]["lr"]
         mini = max(1, -(-len(rollouts) // cfg.mini_batches))
         updates = 0
         for m_start in range(0, len(rollouts), mini):
@@ -128,7 +154,8 @@ class Policy:
             for key, value in stats.items():
                 totals[key] += value
             updates += 1
-        return {key: value / updates for key, value in totals.items()}
+        self.scheduler.step()
+        return {**{key: value / updates for key, value in totals.items()}, "lr": lr}
 
     @torch.no_grad()
     def _old_logprobs(self, rollouts: Sequence[Rollout]) -> list[list[float]]:
@@ -194,8 +221,14 @@ class Policy:
         return total / max(tokens, 1.0)
 
     def state(self) -> dict[str, object]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state(self, state: dict[str, object]) -> None:
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[arg-type]

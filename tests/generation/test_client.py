@@ -14,6 +14,7 @@ from trainer.generation.client import (
     GenerationClient,
     GenerationRequest,
     SamplingParams,
+    chunk_seed,
     plan_chunks,
     split_completions,
 )
@@ -25,6 +26,14 @@ def test_plan_chunks_groups_by_sampling_and_caps_size() -> None:
     a, b = SamplingParams(max_tokens=4), SamplingParams(max_tokens=8)
     reqs = [GenerationRequest([1], 2, a)] * 5 + [GenerationRequest([1], 2, b)] * 2
     assert plan_chunks(reqs, 2) == [[0, 1], [2, 3], [4], [5, 6]]
+
+
+def test_plan_chunks_caps_sequences_per_call() -> None:
+    a = SamplingParams(max_tokens=4)
+    reqs = [GenerationRequest([1], 32, a)] * 9 + [GenerationRequest([1], 300, a)]
+    # 256 sequences at n = 32 is 8 prompts; a prompt with n above the cap goes alone
+    assert plan_chunks(reqs, 32, 256) == [list(range(8)), [8], [9]]
+    assert plan_chunks(reqs, 4, 256) == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9]]
 
 
 def test_split_completions_reads_token_id_strings_when_token_ids_are_absent() -> None:
@@ -63,6 +72,20 @@ async def test_generate_balances_chunks_over_servers(
         assert all(len(s.token_ids) == len(s.logprobs) > 0 for s in completion.samples)
     assert {c.base_url for c in completions} == {server_url, update_server_url}
     assert set(versions) == {server_url, update_server_url}
+
+
+async def test_chunks_of_a_seeded_batch_draw_independent_noise(server_url: str) -> None:
+    # 16 copies of one prompt in chunks of 4: with the batch's seed sent to every chunk,
+    # copy i of each chunk would get sequence i's noise and the chunks would repeat.
+    sampling = SamplingParams(max_tokens=6, seed=11)
+    requests = [GenerationRequest("12+34=", n=1, sampling=sampling)] * 16
+    async with GenerationClient([server_url], max_prompts_per_request=4, policy=FAST) as client:
+        first = [c.samples[0].token_ids for c in await client.generate(requests)]
+        again = [c.samples[0].token_ids for c in await client.generate(requests)]
+    assert first == again  # still reproducible
+    chunks = [tuple(map(tuple, first[i : i + 4])) for i in range(0, 16, 4)]
+    assert len(set(chunks)) == 4
+    assert len({chunk_seed(11, i) for i in range(0, 16, 4)}) == 4
 
 
 async def test_dead_server_is_retried_elsewhere(server_url: str) -> None:

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from trainer.algos import PolicyLossInput, group_advantages, policy_loss, token_logprobs
+from trainer.algos import (
+    PolicyLossInput,
+    group_advantages,
+    lr_factor,
+    policy_loss,
+    token_logprobs,
+)
 
 
 def test_group_advantages_hand_computed() -> None:
@@ -81,3 +87,16 @@ def test_k3_kl_penalty() -> None:
 def test_token_logprobs_matches_log_softmax() -> None:
     logits = torch.tensor([[[0.0, math.log(3.0)]]])
     assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+
+
+def test_lr_factor_warms_up_then_follows_the_schedule() -> None:
+    cosine = dict(warmup_steps=4, schedule="cosine", total_steps=104, min_ratio=0.1)
+    assert [lr_factor(s, **cosine) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, **cosine) == pytest.approx(1.0)
+    assert lr_factor(54, **cosine) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert lr_factor(104, **cosine) == pytest.approx(0.1)
+    assert lr_factor(500, **cosine) == pytest.approx(0.1)  # past the end it stays at the floor
+    constant = dict(warmup_steps=0, schedule="constant", total_steps=10, min_ratio=0.1)
+    assert lr_factor(0, **constant) == lr_factor(1000, **constant) == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_factor(5, warmup_steps=0, schedule="linear", total_steps=10, min_ratio=0.1)

@@ -19,7 +19,7 @@ TOY = TinyConfig(
     task=TaskConfig(train_prompts=400, test_prompts=60),
     model=ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
     warm_start=WarmStartConfig(
-        steps=6, smooth_steps=2, batch_size=8, warmup_steps=2, eval_samples=2
+        steps=8, batch_size=8, warmup_steps=2, eval_samples=2
     ),
 )
 

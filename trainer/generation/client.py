@@ -1,7 +1,8 @@
 """Async client for any server that speaks OpenAI `/v1/completions` with token ids.
 
 vLLM, SGLang and the embedded server all qualify. Requests are split into chunks of at
-most `max_prompts_per_request` prompts, each chunk goes to the base URL with the fewest
+most `max_prompts_per_request` prompts and `max_sequences_per_request` sequences
+(prompts x n), each chunk goes to the base URL with the fewest
 outstanding requests, and a chunk that fails with a transport error or a 5xx is retried
 with backoff, on whichever server is then least loaded. 4xx answers are not retried.
 """
@@ -9,6 +10,7 @@ with backoff, on whichever server is then least loaded. 4xx answers are not retr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,16 +95,39 @@ def split_completions(
     ]
 
 
-def plan_chunks(requests: Sequence[GenerationRequest], max_prompts: int) -> list[list[int]]:
-    """Indices of `requests` grouped so each group is one call: same n, same sampling."""
+def plan_chunks(
+    requests: Sequence[GenerationRequest], max_prompts: int, max_sequences: int | None = None
+) -> list[list[int]]:
+    """Indices of `requests` grouped so each group is one call: same n, same sampling.
+
+    A call holds at most `max_prompts` prompts and, when `max_sequences` is given, at most
+    that many sequences (prompts x n; a single prompt whose n exceeds it goes alone).
+    """
     by_key: dict[tuple[object, ...], list[int]] = {}
     for index, req in enumerate(requests):
         key = (req.n, req.sampling, isinstance(req.prompt, str))
         by_key.setdefault(key, []).append(index)
     chunks = []
     for indices in by_key.values():
-        chunks += [indices[i : i + max_prompts] for i in range(0, len(indices), max_prompts)]
+        size = max_prompts
+        if max_sequences is not None:
+            size = max(1, min(max_prompts, max_sequences // max(1, requests[indices[0]].n)))
+        chunks += [indices[i : i + size] for i in range(0, len(indices), size)]
     return chunks
+
+
+def chunk_seed(seed: int, first_index: int) -> int:
+    """The seed one call carries: derived from the batch's seed and the index of the call's
+    first request, so that chunks of one seeded batch draw independent noise.
+
+    Servers seed a call's sequences from the call's seed (the embedded server as
+    seed x stride + sequence index), so sending the batch's seed with every chunk would
+    give sequence i of every chunk the same noise: samples of different prompts would be
+    correlated and an evaluation's accuracy far noisier than its binomial error says.
+    Chunking is deterministic, so a retried or resumed batch gets the same seeds.
+    """
+    digest = hashlib.blake2b(f"{seed}:{first_index}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
 
 
 class GenerationClient:
@@ -116,6 +141,7 @@ class GenerationClient:
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
         max_prompts_per_request: int = 32,
+        max_sequences_per_request: int = 256,
     ) -> None:
         if not base_urls:
             raise ValueError("GenerationClient needs at least one base URL")
@@ -123,6 +149,8 @@ class GenerationClient:
         self.model, self.timeout = model, timeout
         self.policy = policy or RetryPolicy()
         self.max_prompts = max_prompts_per_request
+        # The embedded server's default max_batch_size; vLLM and SGLang take any size.
+        self.max_sequences = max_sequences_per_request
         self.outstanding = dict.fromkeys(self.base_urls, 0)
         self._tie_break = itertools.count()
         self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
@@ -158,9 +186,9 @@ class GenerationClient:
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """One Completion per request, in order; chunks run concurrently over the servers."""
         model = await self.model_name()
-        chunks = plan_chunks(requests, self.max_prompts)
+        chunks = plan_chunks(requests, self.max_prompts, self.max_sequences)
         results = await asyncio.gather(
-            *(self._run_chunk([requests[i] for i in chunk], model) for chunk in chunks)
+            *(self._run_chunk([requests[i] for i in chunk], model, chunk[0]) for chunk in chunks)
         )
         ordered: list[Completion | None] = [None] * len(requests)
         for chunk, completions in zip(chunks, results, strict=True):
@@ -168,7 +196,7 @@ class GenerationClient:
                 ordered[index] = completion
         return [c for c in ordered if c is not None]
 
-    def _body(self, chunk: list[GenerationRequest], model: str) -> dict[str, object]:
+    def _body(self, chunk: list[GenerationRequest], model: str, first_index: int) -> dict[str, object]:
         first = chunk[0]
         prompts = [r.prompt for r in chunk]
         body: dict[str, object] = {
@@ -182,13 +210,15 @@ class GenerationClient:
             "return_token_ids": True,
         }
         if first.sampling.seed is not None:
-            body["seed"] = first.sampling.seed
+            body["seed"] = chunk_seed(first.sampling.seed, first_index)
         if first.sampling.stop:
             body["stop"] = list(first.sampling.stop)
         return body
 
-    async def _run_chunk(self, chunk: list[GenerationRequest], model: str) -> list[Completion]:
-        body = self._body(chunk, model)
+    async def _run_chunk(
+        self, chunk: list[GenerationRequest], model: str, first_index: int
+    ) -> list[Completion]:
+        body = self._body(chunk, model, first_index)
         last_error: Exception | None = None
         for attempt in range(self.policy.attempts):
             url = self._pick()

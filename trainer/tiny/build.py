@@ -43,7 +43,7 @@ from trainer.tiny.task import TaskConfig, generate_splits, read_jsonl, write_jso
 from trainer.tiny.warmstart import WarmStartConfig, warm_start
 
 # Bump when the code changes what a build produces, so stale caches are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 # Fixed so that the same seed gives the same weights on a given machine: CPU reductions
 # are ordered differently with a different number of threads.
 BUILD_THREADS = 2
