@@ -9,9 +9,8 @@ which differ from the trainer's because the two run different kernels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor

@@ -267,12 +267,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="the 70%% regime, 3 seeds, a smaller budget (about 12 minutes)",
+        help="the 70%% regime, 3 seeds, a smaller budget (about 8 minutes)",
     )
     parser.add_argument("--seeds", type=int, help="seeds per strategy (default 5; quick 3)")
     parser.add_argument("--regimes", help="comma-separated zero-variance targets, e.g. 30,50,70")
-    parser.add_argument("--strategies", default="grpo,dapo,pilot_commit")
-    parser.add_argument("--budget", type=int, help="rollouts per run (default 24000; quick 8000)")
+    parser.add_argument("--strategies", default="grpo,dapo,pilot_commit,posterior_gate")
+    parser.add_argument("--budget", type=int, help="rollouts per run (default 32000; quick 16000)")
     parser.add_argument("--eval-every", type=int, help="evaluate every N rollouts")
     parser.add_argument("--eval-prompts", type=int, default=2000)
     parser.add_argument("--eval-samples", type=int, default=2,
@@ -282,8 +282,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plot", type=Path, help="PNG path prefix: one PNG per regime")
     args = parser.parse_args(argv)  # fmt: skip
     args.seeds = args.seeds or (3 if args.quick else 5)
-    args.budget = args.budget or (8000 if args.quick else 24000)
-    args.eval_every = args.eval_every or max(1, args.budget // 8)
+    args.budget = args.budget or (16000 if args.quick else 32000)
+    args.eval_every = args.eval_every or max(1, args.budget // 12)
     regimes = [int(x) for x in (args.regimes or ("70" if args.quick else "30,50,70")).split(",")]
     strategies = [s.strip() for s in args.strategies.split(",")]
     if "grpo" not in strategies:

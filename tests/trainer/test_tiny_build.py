@@ -18,9 +18,7 @@ TOY = TinyConfig(
     seed=1,
     task=TaskConfig(train_prompts=400, test_prompts=60),
     model=ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-    warm_start=WarmStartConfig(
-        steps=8, batch_size=8, warmup_steps=2, eval_samples=2
-    ),
+    warm_start=WarmStartConfig(steps=8, batch_size=8, warmup_steps=2, eval_samples=2),
 )
 
 

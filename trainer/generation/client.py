@@ -196,7 +196,9 @@ class GenerationClient:
                 ordered[index] = completion
         return [c for c in ordered if c is not None]
 
-    def _body(self, chunk: list[GenerationRequest], model: str, first_index: int) -> dict[str, object]:
+    def _body(
+        self, chunk: list[GenerationRequest], model: str, first_index: int
+    ) -> dict[str, object]:
         first = chunk[0]
         prompts = [r.prompt for r in chunk]
         body: dict[str, object] = {
