@@ -98,6 +98,11 @@ class Policy:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
         )
+        if optim.lr_schedule == "cosine" and total_steps <= optim.warmup_steps:
+            raise ValueError(
+                f"a cosine schedule needs total_steps ({total_steps}) > warmup_steps "
+                f"({optim.warmup_steps})"
+            )
         # One scheduler step per train step (however many mini-batch updates it takes).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
