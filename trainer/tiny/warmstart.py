@@ -17,7 +17,6 @@ held-out test prompts, so the test accuracies measure generalisation, not recall
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from trainer.algos import lr_factor
 from trainer.tiny.sampling import accuracy, pass_counts
 from trainer.tiny.task import LADDER, level_of, sample_problem
 
@@ -120,12 +120,14 @@ def answer_loss(
 
 
 def lr_scale(step: int, config: WarmStartConfig) -> float:
-    """Linear warmup, then cosine decay to `min_lr_scale`."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.min_lr_scale + (1 - config.min_lr_scale) * cosine
+    """Linear warmup, then cosine decay to `min_lr_scale` (the trainer's own schedule)."""
+    return lr_factor(
+        step,
+        warmup_steps=config.warmup_steps,
+        schedule="cosine",
+        total_steps=config.steps,
+        min_ratio=config.min_lr_scale,
+    )
 
 
 def train(
