@@ -15,13 +15,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from services.allocator.core import rewards_constant
+
 
 def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """(r - mean) / (std + eps) within one group; shape [G] -> [G].
+    """(r - mean) / (std + eps) within one group (GRPO, arXiv 2402.03300); [G] -> [G].
 
-    std is the population std (as the allocator computes it); a group whose rewards are
-    all equal gets zero advantages.
+    std is the population std (as the allocator computes it). A constant group (rewards
+    equal by the allocator's `rewards_constant`) gets exactly zero advantages, in the
+    rewards' dtype: the float mean of eight 0.9s is not 0.9, and dividing that residue by
+    a std + eps near eps would push every rollout of the group the same way.
     """
+    if rewards_constant(rewards.tolist()):
+        return torch.zeros_like(rewards)
     mean = rewards.mean()
     std = rewards.std(unbiased=False)
     return (rewards - mean) / (std + eps)

@@ -206,13 +206,33 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 # ---- helpers shared by strategies (all pure) ----
 
 
+# Rewards closer than this share of their magnitude are one value. Float arithmetic leaves
+# residue (twelve 0.1s have a population std of 1.4e-17, and 0.1 + 0.2 != 0.3), and a
+# residue must not make a constant group look informative; differences a reward function
+# means to make (partial credit, a format bonus) are many orders larger.
+REWARD_REL_TOL = 1e-9
+
+
+def rewards_constant(rewards: Sequence[float], rel_tol: float = REWARD_REL_TOL) -> bool:
+    """True when every reward equals every other within `rel_tol` of the largest magnitude.
+
+    One rule for the allocator (gates, train batch, zero-variance counters) and the trainer
+    (`trainer.algos.group_advantages`). An empty or one-reward group is constant; 0 and any
+    non-zero value are never equal (the tolerance is relative, not absolute).
+    """
+    if not rewards:
+        return True
+    high, low = max(rewards), min(rewards)
+    return high - low <= rel_tol * max(abs(high), abs(low))
+
+
 @dataclass(frozen=True)
 class GroupSummary:
     n: int
     successes: int
     reward_sum: float
     pass_rate: float
-    std: float  # population std of the rewards
+    std: float  # population std of the rewards; exactly 0.0 for a constant group
 
     @property
     def all_equal(self) -> bool:
@@ -220,11 +240,14 @@ class GroupSummary:
 
 
 def summarize(rewards: Sequence[float], success_threshold: float) -> GroupSummary:
+    """Counts, pass rate (share of rewards >= `success_threshold`) and std of one group."""
     n = len(rewards)
     total = math.fsum(rewards)
+    successes = sum(1 for r in rewards if r >= success_threshold)
+    if rewards_constant(rewards):
+        return GroupSummary(n, successes, total, successes / n, 0.0)
     mean = total / n
     var = math.fsum((r - mean) ** 2 for r in rewards) / n
-    successes = sum(1 for r in rewards if r >= success_threshold)
     return GroupSummary(n, successes, total, successes / n, math.sqrt(var))
 
 

@@ -49,4 +49,8 @@ class GRPO(Strategy):
             out.train.append(TrainGroup(item.prompt_id, Role.FULL))
             out.counts["rollouts_full"] += group.n
             out.counts["groups_trained"] += 1
+            if group.all_equal:
+                out.counts["groups_trained_zero_variance"] = (
+                    out.counts.get("groups_trained_zero_variance", 0) + 1
+                )
         return out
