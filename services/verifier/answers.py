@@ -19,7 +19,6 @@ Task kinds and where their answer comes from (first rule that applies wins):
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -135,6 +134,29 @@ def after_answer_is(text: str) -> str | None:
     return answer or None
 
 
+_MATH_SEGMENT = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_COPULA = re.compile(r"(?i)\b(?:is|are|was|were|equals|becomes)\b|=")
+
+
+def statement_value(statement: str) -> str:
+    """The value an answer statement gives: `The largest $n$ is 34` -> `34`.
+
+    A statement without prose is the answer as it stands. In prose, the value follows the
+    last copula ("is", "equals", "=") outside formulas; of what follows, the last formula
+    (`$...$`, `\\(...\\)`) when there is one (`It is $\\sqrt{2}$ meters`).
+    """
+    masked = _MATH_SEGMENT.sub(lambda m: "$" + "#" * (len(m.group(0)) - 2) + "$", statement)
+    if not _PROSE_WORD.search(masked.replace("$", " ")):
+        return statement
+    copula = _last_match(_COPULA, masked)
+    rest = statement[copula.end() :] if copula else statement
+    formula = _last_match(_MATH_SEGMENT, rest)
+    if formula is not None:
+        return (formula.group(1) or formula.group(2)).strip()
+    return rest.strip() or statement
+
+
 def after_hashes(text: str) -> str | None:
     """GSM8K's final line: what follows the last `####`."""
     at = text.rfind("####")
@@ -144,8 +166,19 @@ def after_hashes(text: str) -> str | None:
     return answer or None
 
 
-_NUMBER_TOKEN = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-_LEADING_NUMBER = re.compile(r"\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+# Thousands separators as MATH (`10,\\!000`), NuminaMath (`10{,}000`, `10\\,000`,
+# `10\\ 000`) and GSM8K (`10,000`) write them.
+_GROUP_SEPARATOR = r"(?:,\\!|\{,\}|\\,|\\!|\\ |,)"
+_NUMBER_TOKEN = re.compile(rf"-?(?:\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+(?!\d)|\d+)(?:\.\d+)?")
+_LEADING_NUMBER = re.compile(rf"\s*({_NUMBER_TOKEN.pattern})")
+# The same without the bare comma, which inside an expression may separate list items; a
+# first group of 1-3 digits and then groups of exactly 3, or it is not a grouped number.
+_LATEX_GROUPED = re.compile(r"(?<![\d.])\d{1,3}(?:(?:,\\!|\{,\}|\\,|\\!|\\ )\d{3})+(?![\d])")
+
+
+def ungroup(number: str) -> str:
+    """`10,\\!000` -> `10000`: a grouped number without its separators."""
+    return re.sub(r"[^\d.\-]", "", number)
 
 
 def leading_number(text: str) -> str | None:
@@ -159,38 +192,76 @@ def last_number(text: str) -> str | None:
     return found.group(0) if found else None
 
 
-_CHOICE_LETTER = re.compile(r"\(?\b([A-J])\b\)?")
-_TRAILING_CHOICE = re.compile(r"(?:\(([A-J])\)|\b([A-J]))[\s.)*]*$")
-_PARENTHESISED_CHOICE = re.compile(r"\(([A-J])\)")
+# A stated choice: the letter opens the box or the answer statement, bracketed (`(C) 12`)
+# or followed by nothing, punctuation, a number or a word (`D because ...`), never by an
+# operator or a command (`E = mc^2`, `H \\ll \\Delta E`, `A + B` are formulas).
+_STATED_CHOICE = re.compile(
+    r"^\s*(?:[(\[]([A-J])[)\]]|([A-J])(?=\s*$|[.:,;)]|\s+(?:\d|[A-Za-z]{2,})))"
+)
+# A letter alone at the end, after a word or a colon, not after an operator (`I < B`).
+_TRAILING_CHOICE = re.compile(r"(?:^|[A-Za-z:*]\s+|[:*(])\(?([A-J])\)?[\s.)*]*$")
+# `(C)` anywhere, but not a function's argument or a sub/superscript: `f(B)`, `x_(A)`.
+_PARENTHESISED_CHOICE = re.compile(r"(?<![\w\\^_])\(([A-J])\)")
+_CHOICE_NOISE = re.compile(r"\$|\*\*|\\[,;:! ]|\\q?quad\b|~")
+
+
+def stated_choice(text: str) -> str | None:
+    """The letter `text` states as its choice (`B`, `(B)`, `\\text{(B)} 12`), else None."""
+    match = _STATED_CHOICE.match(_CHOICE_NOISE.sub(" ", _strip_text_macros(text)))
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def _choice(text: str) -> Extraction:
     for source, found in (("boxed", last_boxed(text)), ("answer_is", after_answer_is(text))):
-        if found is not None:
-            letter = _CHOICE_LETTER.search(_strip_text_macros(found))
-            if letter:
-                return Extraction(letter.group(1), source)  # type: ignore[arg-type]
+        letter = stated_choice(found) if found is not None else None
+        if letter:
+            return Extraction(letter, source)  # type: ignore[arg-type]
     tail = _TRAILING_CHOICE.search(text[-200:])
     if tail:
-        return Extraction(tail.group(1) or tail.group(2), "letter")
+        return Extraction(tail.group(1), "letter")
     last = _last_match(_PARENTHESISED_CHOICE, text)
     return Extraction(last.group(1), "letter") if last else Extraction(None, "none")
 
 
+def _last_answer_broken(text: str) -> bool:
+    """True when the last answer marker of `text` holds no answer: a `\\boxed{` that never
+    closes or is empty, or an "answer is" / "Answer:" / `####` with nothing after it.
+
+    The last answer a response gives is its answer; one it was abandoning mid-way is no
+    answer, and an earlier one it had moved on from does not count instead.
+    """
+    box = _box_start(text)
+    statement = _last_match(_ANSWER_IS, text)
+    hashes = text.rfind("####")
+    last = max(box, statement.start() if statement else -1, hashes)
+    if last < 0:
+        return False
+    if last == box:
+        found = last_boxed(text)
+        return found is None or not found.strip()
+    if last == hashes:
+        return after_hashes(text) is None
+    return after_answer_is(text) is None
+
+
 def extract_answer(response: str, task: Task) -> Extraction:
     """The final answer in a model response, by the rules of `task` (see module doc)."""
+    if _last_answer_broken(response):
+        return Extraction(None, "none")
     if task == "choice":
         return _choice(response)
     rules: list[tuple[str, str | None]]
+    stated = after_answer_is(response)
+    stated = statement_value(stated) if stated is not None else None
     if task == "numeric":
         rules = [("boxed", last_boxed(response)), ("hashes", after_hashes(response)),
-                 ("answer_is", after_answer_is(response)), ("leading", leading_number(response)),
+                 ("answer_is", stated), ("leading", leading_number(response)),
                  ("last_number", last_number(response))]  # fmt: skip
     elif task == "exact":
-        rules = [("boxed", last_boxed(response)), ("answer_is", after_answer_is(response)),
+        rules = [("boxed", last_boxed(response)), ("answer_is", stated),
                  ("whole", response.strip() or None)]  # fmt: skip
     else:
-        rules = [("boxed", last_boxed(response)), ("answer_is", after_answer_is(response)),
+        rules = [("boxed", last_boxed(response)), ("answer_is", stated),
                  ("hashes", after_hashes(response))]  # fmt: skip
     for source, found in rules:
         if found is not None and found.strip():
@@ -221,7 +292,6 @@ _TRAILING_UNITS = re.compile(rf"^({_NUM})\s*(?:(?:{_UNIT_WORDS})\b\s*)+(?:\^?\{{
 _TEXT_UNIT = re.compile(rf"^({_NUM})\s*\\(?:text|mbox|mathrm)\{{[^{{}}]*\}}(?:\^\{{?[23]\}}?)?$")
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|mbox|mathrm|textnormal|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"(?<!\\)\\[,;:!> ]|\\q?quad\b|~")
-_DIGIT_GROUPS = re.compile(r"(?<=\d)\\,(?=\d{3})")
 # math-verify reads `\sin 30^\circ` as sin(30 radians); spell the degrees out first.
 _TRIG_DEGREES = re.compile(
     r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?\s*\)?"
@@ -234,7 +304,7 @@ _COMMA = re.compile(r"\s*,\s*")
 
 _LITERAL_REPLACEMENTS = (
     ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
-    ("\\displaystyle", ""), ("{,}", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""),
+    ("\\displaystyle", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("°", ""),
     ("\\$", ""), ("$", ""), ("\\%", "%"), ("\\le ", "\\leq "), ("\\ge ", "\\geq "),
 )  # fmt: skip
 
@@ -244,6 +314,21 @@ def _strip_text_macros(text: str) -> str:
     while previous != text:  # nested \text{\textbf{...}}
         previous, text = text, _TEXT_MACRO.sub(r"\1", text)
     return text
+
+
+# Letters that are constants, not variables: Euler's number and the imaginary unit.
+_VARIABLE = re.compile(r"[a-df-hj-zA-Z]")
+_COMMAND = re.compile(r"\\[a-zA-Z]+")
+
+
+def _strip_assignment(text: str) -> str:
+    """`x = 5` -> `5`, but `y = 2x + 3` stays: an equation with a variable on the right is
+    a relation (a line), and the bare `2x + 3` would be another answer."""
+    found = _ASSIGNMENT.match(text)
+    if found is None or text.count("=") != 1:
+        return text
+    value = text[found.end() :]
+    return text if _VARIABLE.search(_COMMAND.sub("", value)) else value
 
 
 def _short_frac(text: str) -> str:
@@ -259,10 +344,11 @@ def normalize(answer: str) -> str:
 
     Only rewrites that never change the value: macros for spacing and size, `$`,
     units after a number, `\\text{}` wrappers, thousands separators, degree signs, a
-    trailing period, `x = ` in front of a single value. A percent sign is kept (as `%`)
+    trailing period, `x = ` in front of a single value (not of an expression in other
+    variables: `y = 2x + 3` is an equation and stays one). A percent sign is kept (as `%`)
     because 50% may mean 50 or 0.5; the comparison decides.
     """
-    text = _DIGIT_GROUPS.sub("", sanitize(answer).strip())
+    text = _LATEX_GROUPED.sub(lambda m: ungroup(m.group(0)), sanitize(answer).strip())
     text = _TRIG_DEGREES.sub(r"\1(\\frac{\2\\pi}{180})", text)
     for old, new in _LITERAL_REPLACEMENTS:
         text = text.replace(old, new)
@@ -272,7 +358,7 @@ def normalize(answer: str) -> str:
     text = " ".join(text.split()).strip().rstrip(".").strip()
     unit = _TRAILING_UNITS.match(text)
     text = unit.group(1) if unit else text
-    text = _ASSIGNMENT.sub("", text) if text.count("=") == 1 else text
+    text = _strip_assignment(text)
     # Before spaces go: "1,000" is a thousand, "-102, 102" is a list of two numbers.
     if _THOUSANDS.match(text):
         text = text.replace(",", "")
@@ -323,10 +409,16 @@ def _candidates(text: str, value: Fraction) -> list[Fraction]:
     return [value, value / 100] if text.endswith("%") else [value]
 
 
-def numbers_close(a: Fraction, b: Fraction, rel_tol: float, abs_tol: float) -> bool:
+def numbers_close(a: Fraction, b: Fraction, rel_tol: float, abs_tol: float = 0.0) -> bool:
+    """`|a - b| <= max(rel_tol * max(|a|, |b|), abs_tol)`, in exact arithmetic.
+
+    As `math.isclose`, without the float conversion: `1e-30` and `2e-30` are far apart
+    relatively, and `1e399` has no float. The verifier's own comparisons pass
+    `abs_tol = 0`: an absolute tolerance calls every pair of small values equal.
+    """
     if a == b:
         return True
-    return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=abs_tol)
+    return abs(a - b) <= max(Fraction(rel_tol) * max(abs(a), abs(b)), Fraction(abs_tol))
 
 
 # -------------------------------------------------------------- equivalence
@@ -357,13 +449,13 @@ def _math_numbers(reference: str, answer: str) -> Verdict | bool | None:
         return Verdict(True, "match")
     # Far apart for every reading: wrong. Close but not equal (1/3 vs 0.333333) is for
     # the symbolic checker, whose rounding rules are the reference behaviour.
-    if all(not numbers_close(r, a, 1e-4, 1e-9) for r, a in pairs):
+    if all(not numbers_close(r, a, 1e-4) for r, a in pairs):
         return Verdict(False, "mismatch")
     return None
 
 
 def fast_verdict(
-    reference: str, answer: str, task: Task, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9
+    reference: str, answer: str, task: Task, *, rel_tol: float = 1e-6, abs_tol: float = 0.0
 ) -> Verdict | None:
     """Decide from normalised strings alone; None means "ask the symbolic checker"."""
     if task == "choice":
@@ -395,7 +487,7 @@ def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Ver
         return Verdict(False, "parse_error")
     if ans_value is None:
         token = last_number(answer)
-        ans_value = parse_number(token.replace(",", "")) if token else None
+        ans_value = parse_number(ungroup(token)) if token else None
     if ans_value is None:
         return Verdict(False, "parse_error")
     ok = any(numbers_close(r, a, rel_tol, abs_tol) for r in _candidates(reference, ref_value)

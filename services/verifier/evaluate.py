@@ -8,10 +8,14 @@ constants agreeing to 12 significant digits (`3\\sqrt{2}` and `\\sqrt{18}`), tig
 math-verify's own 6-digit rounding; expressions with variables that agree at the sample
 points go to math-verify.
 
+Rational constants (numbers, `+ - * /`, integer powers, `\\frac`) are also evaluated
+exactly, as Fractions (`exact_constant`): `\\frac{1}{2^{98}}` and `\\frac{1}{2^{99}}`, or
+`2^{100}` and `2^{100}+1`, agree to any float tolerance and are still different.
+
 Supported: numbers, `+ - * / ^`, `\\cdot`, `\\times`, implicit products, `( )`, `{ }`,
 `\\frac`, `\\sqrt`, `\\sqrt[n]`, `\\pi`, `\\infty` and single-letter variables. Anything
 else (other commands, `!`, `=`, `%`, `e`, `i`) makes `evaluate` return None: not decided.
-Limits on exponents and nesting keep hostile input cheap.
+Limits on exponents, exact sizes and nesting keep hostile input cheap.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from fractions import Fraction
 
 _TOKEN = re.compile(r"\s*(\d+\.?\d*|\.\d+|\\[a-zA-Z]+|[a-zA-Z]|[-+*/^(){}\[\]])")
 _MAX_EXPONENT = 1000.0
 _MAX_TOKENS = 400
+# Largest exact power worked out, in bits of numerator or denominator (2^{4096} is fine,
+# a tower that would take seconds of bigint arithmetic is not).
+_MAX_EXACT_BITS = 8192
 # Fixed, "generic" points: a polynomial identity that fails fails at these.
 POINTS = (0.7315, 1.9172, -1.2838)
 _NOT_VARIABLES = frozenset("ei")  # Euler's number and the imaginary unit: left to sympy
@@ -32,11 +40,22 @@ class _Unsupported(Exception):
     pass
 
 
-class _Parser:
-    """Recursive descent over tokens; `env` maps variable names to values."""
+Number = float | Fraction
 
-    def __init__(self, tokens: list[str], env: Callable[[str], float]) -> None:
+
+class _Parser:
+    """Recursive descent over tokens; `env` maps variable names to values.
+
+    With `exact`, literals are Fractions, so rational arithmetic stays exact; an irrational
+    step (`\\sqrt`, `\\pi`, a fractional power) turns the value into a float.
+    """
+
+    def __init__(self, tokens: list[str], env: Callable[[str], float], exact: bool = False) -> None:
         self.tokens, self.pos, self.env = tokens, 0, env
+        self.number: Callable[[str], Number] = _exact_literal if exact else float
+        # A float sum that absorbed a much smaller term (`2^{100}\\sqrt{2}+1`) or cancelled
+        # most of its digits no longer tells equal values from different ones.
+        self.lossy = False
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -48,13 +67,18 @@ class _Parser:
         self.pos += 1
         return token
 
-    def expr(self) -> float:
+    def expr(self) -> Number:
         value = self.term()
         while self.peek() in ("+", "-"):
-            value = value + self.term() if self.take() == "+" else value - self.term()
+            sign = 1 if self.take() == "+" else -1
+            term = self.term()
+            total = value + sign * term
+            if isinstance(total, float) and _lossy(value, term, total):
+                self.lossy = True
+            value = total
         return value
 
-    def term(self) -> float:
+    def term(self) -> Number:
         value = self.unary()
         while (token := self.peek()) is not None and token not in "+-)}]":
             if token in ("*", "\\cdot", "\\times"):
@@ -67,45 +91,49 @@ class _Parser:
                 value *= self.power()
         return value
 
-    def unary(self) -> float:
+    def unary(self) -> Number:
         if self.peek() in ("-", "+"):
-            sign = -1.0 if self.take() == "-" else 1.0
+            sign = -1 if self.take() == "-" else 1
             return sign * self.unary()
         return self.power()
 
-    def power(self) -> float:
+    def power(self) -> Number:
         base = self.atom()
         if self.peek() != "^":
             return base
         self.take()
         exponent = self.group() if self.peek() == "{" else self.single()
-        if abs(exponent) > _MAX_EXPONENT or (abs(base) > 1 and abs(exponent) > 300):
+        if _size(exponent) > _MAX_EXPONENT or (_size(base) > 1 and _size(exponent) > 300):
             raise _Unsupported
-        result: float = base**exponent
+        if isinstance(base, Fraction) and isinstance(exponent, Fraction):
+            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+            if exponent.denominator == 1 and bits * abs(exponent) > _MAX_EXACT_BITS:
+                raise _Unsupported
+        result = base**exponent
         if isinstance(result, complex):
             raise _Unsupported
         return result
 
-    def group(self) -> float:
+    def group(self) -> Number:
         self.take("{")
         value = self.expr()
         self.take("}")
         return value
 
-    def single(self) -> float:
+    def single(self) -> Number:
         # `x^23` is x^2 * 3 in LaTeX: an ungrouped exponent is one character.
         token = self.take()
         if token[0].isdigit():
             if len(token) > 1:
                 self.tokens.insert(self.pos, token[1:])
-            return float(token[0])
+            return self.number(token[0])
         self.pos -= 1
         return self.atom()
 
-    def atom(self) -> float:
+    def atom(self) -> Number:
         token = self.take()
         if token[0].isdigit() or token[0] == ".":
-            return float(token)
+            return self.number(token)
         if token in ("(", "{"):
             value = self.expr()
             self.take(")" if token == "(" else "}")
@@ -122,8 +150,8 @@ class _Parser:
             return self.env(token)
         raise _Unsupported
 
-    def root(self) -> float:
-        degree = 2.0
+    def root(self) -> Number:
+        degree: Number = 2.0
         if self.peek() == "[":
             self.take()
             degree = self.expr()
@@ -132,6 +160,19 @@ class _Parser:
         if radicand < 0 or degree == 0:
             raise _Unsupported
         return float(radicand ** (1.0 / degree))
+
+
+def _exact_literal(token: str) -> Number:
+    # A decimal is an approximation as written (0.333333 for 1/3): it stays a float, and
+    # how close it must come is math-verify's rule, not exact equality.
+    return float(token) if "." in token else Fraction(token)
+
+
+def _lossy(a: Number, b: Number, total: Number) -> bool:
+    big, small = max(_size(a), _size(b)), min(_size(a), _size(b))
+    if big == 0 or math.isinf(big):
+        return False
+    return 0 < small < 1e-9 * big or _size(total) < 1e-6 * big
 
 
 def tokenize(text: str) -> list[str] | None:
@@ -152,21 +193,28 @@ def tokenize(text: str) -> list[str] | None:
 _MIXED_NUMBER = re.compile(r"\d\s*\\frac")
 
 
-def evaluate(text: str, env: Callable[[str], float]) -> float | None:
-    """The value of `text` with variables from `env`, or None if not supported."""
+def _run(text: str, env: Callable[[str], float], exact: bool) -> Number | None:
     if _MIXED_NUMBER.search(text):
         return None  # `4\\frac{2}{3}` is 4 + 2/3 to graders, 4 * 2/3 to a parser
     tokens = tokenize(text)
     if not tokens:
         return None
-    parser = _Parser(tokens, env)
+    parser = _Parser(tokens, env, exact)
     try:
         value = parser.expr()
     except (_Unsupported, ArithmeticError, ValueError, RecursionError):
         return None
-    if parser.pos != len(parser.tokens) or math.isnan(value):
+    if parser.pos != len(parser.tokens) or parser.lossy:
+        return None
+    if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def evaluate(text: str, env: Callable[[str], float]) -> float | None:
+    """The value of `text` with variables from `env`, or None if not supported."""
+    value = _run(text, env, exact=False)
+    return None if value is None else float(value)
 
 
 def variables(text: str) -> set[str]:
@@ -174,7 +222,21 @@ def variables(text: str) -> set[str]:
     return {t for t in tokens if len(t) == 1 and t.isalpha() and t not in _NOT_VARIABLES}
 
 
-def _differ(a: float, b: float) -> bool:
+def _as_float(value: Number) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _size(value: Number) -> float:
+    return abs(_as_float(value))
+
+
+def _differ(a: Number, b: Number) -> bool:
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a != b
+    a, b = _as_float(a), _as_float(b)
     if math.isinf(a) or math.isinf(b):
         return a != b
     return not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9)
@@ -183,6 +245,9 @@ def _differ(a: float, b: float) -> bool:
 def provably_different(reference: str, answer: str) -> bool:
     """True when both evaluate and differ at some point: then they are not equal."""
     names = sorted(variables(reference) | variables(answer))
+    if not names:  # constants: exact when both are rational
+        ref_value, ans_value = _value(reference), _value(answer)
+        return ref_value is not None and ans_value is not None and _differ(ref_value, ans_value)
     if len(names) > 3:
         return False
     for shift in range(len(POINTS)):
@@ -193,18 +258,34 @@ def provably_different(reference: str, answer: str) -> bool:
             return False
         if _differ(ref, ans):
             return True
-        if not names:
-            return False  # constants: one evaluation says it all
     return False
+
+
+def _no_variables(name: str) -> float:
+    raise _Unsupported
 
 
 def constant(text: str) -> float | None:
     """The value of a variable-free expression, else None."""
+    return evaluate(text, _no_variables)
 
-    def no_variables(name: str) -> float:
-        raise _Unsupported
 
-    return evaluate(text, no_variables)
+def exact_constant(text: str) -> Fraction | None:
+    """The exact value of a rational constant (`\\frac{1}{2^{98}}`, `10^{20}+1`), else None.
+
+    None also for irrational constants (`\\sqrt{2}`, `\\pi`) and anything `constant`
+    refuses.
+    """
+    value = _run(text, _no_variables, exact=True)
+    return value if isinstance(value, Fraction) else None
+
+
+def exact_verdict(reference: str, answer: str) -> bool | None:
+    """Equal or not, for two rational constants compared exactly; None otherwise."""
+    ref, ans = exact_constant(reference), exact_constant(answer)
+    if ref is None or ans is None:
+        return None
+    return ref == ans
 
 
 def _split_top_level(inner: str) -> list[str] | None:
@@ -223,7 +304,12 @@ def _split_top_level(inner: str) -> list[str] | None:
     return parts
 
 
-def _container(text: str) -> tuple[str, list[float], str] | None:
+def _value(text: str) -> Number | None:
+    exact = exact_constant(text)
+    return exact if exact is not None else constant(text)
+
+
+def _container(text: str) -> tuple[str, list[Number], str] | None:
     """(opener, element values, closer) of `\\{a,b\\}`, `(a,b)`, `[a,b)`, bare `a,b`, or
     a lone constant (a one-element set to compare with a set)."""
     if text.startswith("\\{") and text.endswith("\\}"):
@@ -235,19 +321,22 @@ def _container(text: str) -> tuple[str, list[float], str] | None:
     parts = _split_top_level(inner)
     if parts is None or (len(parts) < 2 and opener != "{" and opener != ""):
         return None
-    values = [constant(part) for part in parts]
+    values = [_value(part) for part in parts]
     if any(value is None for value in values):
         return None
     return opener, [v for v in values if v is not None], closer
 
 
-def _agree(a: float, b: float) -> bool:
-    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+def _agree(a: Number, b: Number) -> bool:
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a == b
+    return a == b or math.isclose(_as_float(a), _as_float(b), rel_tol=1e-12, abs_tol=0.0)
 
 
 def equal_constants(reference: str, answer: str) -> bool:
-    """True for two constants, or two same-shaped containers of constants, that agree."""
-    a, b = constant(reference), constant(answer)
+    """True for two constants, or two same-shaped containers of constants, that agree:
+    exactly for rational ones, to 12 significant digits otherwise."""
+    a, b = _value(reference), _value(answer)
     if a is not None and b is not None:
         return _agree(a, b)
     ref, ans = _container(reference), _container(answer)
@@ -261,12 +350,12 @@ def equal_constants(reference: str, answer: str) -> bool:
     return len(ref[1]) == len(ans[1]) and all(map(_agree, ref[1], ans[1]))
 
 
-def _distinct(values: list[float]) -> list[float]:
+def _distinct(values: list[Number]) -> list[Number]:
     ordered = sorted(values)
     return [v for i, v in enumerate(ordered) if i == 0 or _differ(ordered[i - 1], v)]
 
 
-def _sets_differ(a: list[float], b: list[float]) -> bool:
+def _sets_differ(a: list[Number], b: list[Number]) -> bool:
     a, b = _distinct(a), _distinct(b)
     return len(a) != len(b) or any(_differ(x, y) for x, y in zip(a, b, strict=True))
 

@@ -31,7 +31,12 @@ def _parse_reference(reference: str) -> tuple[Any, ...]:
 
 
 def judge(reference: str, answer: str) -> Reason:
-    """`match`, `mismatch`, or `parse_error` for two normalised answers."""
+    """`match`, `mismatch`, or `parse_error` for two normalised answers.
+
+    math-verify decides, except that a match between numbers must also hold relatively
+    (`values_agree`): its rounding to 6 decimals and its absolute `chop` call 1/2^98 and
+    1/2^99 equal.
+    """
     from math_verify import parse, verify
 
     gold = _parse_reference(reference)
@@ -41,7 +46,70 @@ def judge(reference: str, answer: str) -> Reason:
     if not pred:
         return "parse_error"
     same = verify(list(gold), pred, timeout_seconds=None)
+    if same and "%" not in reference + answer:  # 50% = 50 is math-verify's percent rule
+        same = values_agree(gold[0], pred[0])
     return "match" if same else "mismatch"
+
+
+# Relative error allowed between matched numbers: none to speak of between exact values
+# (60 digits are computed), 1e-5 when one side is a decimal (0.333333 for 1/3 passes, as
+# math-verify's 6-decimal rule does, but 1.58e-30 for 3.16e-30 does not).
+_EXACT_REL_TOL = 1e-40
+_DECIMAL_REL_TOL = 1e-5
+_DIGITS = 60
+
+
+def values_agree(gold: Any, pred: Any) -> bool:
+    """False when two parsed answers hold numbers that differ relatively, else True.
+
+    Numbers, intervals, tuples, matrices and finite sets of numbers are compared element by
+    element (sets in sorted order); anything else (expressions with variables, relations)
+    is left to math-verify's verdict.
+    """
+    import sympy
+
+    if isinstance(gold, sympy.Interval) and isinstance(pred, sympy.Interval):
+        return values_agree(gold.start, pred.start) and values_agree(gold.end, pred.end)
+    if isinstance(gold, sympy.FiniteSet) and isinstance(pred, sympy.FiniteSet):
+        pairs = list(zip(_sorted(gold.args), _sorted(pred.args), strict=False))
+        return len(gold) != len(pred) or all(values_agree(g, p) for g, p in pairs)
+    if isinstance(gold, sympy.Tuple | sympy.MatrixBase) and isinstance(
+        pred, sympy.Tuple | sympy.MatrixBase
+    ):
+        g_items, p_items = list(gold), list(pred)
+        if len(g_items) != len(p_items):
+            return True
+        return all(values_agree(g, p) for g, p in zip(g_items, p_items, strict=True))
+    if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
+        return _numbers_agree(gold, pred)
+    return True
+
+
+def _sorted(items: tuple[Any, ...]) -> list[Any]:
+    try:
+        return sorted(items, key=lambda x: complex(x.evalf(_DIGITS)).real)
+    except (TypeError, ValueError, AttributeError):
+        return list(items)
+
+
+def _numbers_agree(gold: Any, pred: Any) -> bool:
+    import sympy
+
+    if not (gold.is_number and pred.is_number):
+        return True
+    try:
+        g = gold.doit().evalf(_DIGITS)
+        p = pred.doit().evalf(_DIGITS)
+        if not (g.is_finite and p.is_finite):
+            return True
+        scale = sympy.Max(sympy.Abs(g), sympy.Abs(p))
+        if scale == 0:
+            return True
+        exact = not (gold.atoms(sympy.Float) or pred.atoms(sympy.Float))
+        tol = _EXACT_REL_TOL if exact else _DECIMAL_REL_TOL
+        return bool(sympy.Abs(g - p) <= tol * scale)
+    except (TypeError, ValueError, ArithmeticError, AttributeError):
+        return True
 
 
 # One pair per kind of answer: sympy imports its set, matrix, polynomial and relational

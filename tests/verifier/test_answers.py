@@ -138,3 +138,68 @@ def test_extraction_never_raises(text: str, task: answers.Task) -> None:
     if found.text is not None:
         normal = answers.normalize(found.text)
         answers.fast_verdict("1", normal, task)
+
+
+@pytest.mark.parametrize(
+    ("statement", "value"),
+    [
+        ("The largest $n$ is 34", "34"),
+        ("The value of $x$ is $\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("It is $\\sqrt{2}$ meters", "\\sqrt{2}"),
+        ("we get $x = 5$", "x = 5"),
+        ("\\frac{1}{2}", "\\frac{1}{2}"),  # no prose: as it stands
+        ("5 cm", "5 cm"),
+        ("x \\in [2, 5]", "x \\in [2, 5]"),
+    ],
+)
+def test_statement_value(statement: str, value: str) -> None:
+    assert answers.statement_value(statement) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("\\text{(B)}", "B"),
+        ("\\textbf{(C) } 12", "C"),
+        ("(C)\\ 12", "C"),
+        ("C: 12", "C"),
+        ("D because the rest fail", "D"),
+        ("\\langle H\\rangle \\ll \\Delta E", None),
+        ("E = mc^2", None),
+        ("A + B", None),
+        ("x = A\\cos\\omega t", None),
+    ],
+)
+def test_stated_choice(text: str, letter: str | None) -> None:
+    assert answers.stated_choice(text) == letter
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("10,\\!000", "10000"),
+        ("1,\\!000,\\!000", "1000000"),
+        ("10{,}000", "10000"),
+        ("10\\ 000", "10000"),
+        ("12,\\!345.5", "12345.5"),
+        ("1,\\!00", "1, 00"),  # not a thousands group: left a list
+        ("y = 2x + 3", "y=2x+3"),  # an equation keeps its left side
+        ("x = 3+4i", "3+4i"),
+    ],
+)
+def test_normalize_groups_and_equations(raw: str, normal: str) -> None:
+    assert answers.normalize(raw) == normal
+
+
+def test_broken_last_answer_is_no_answer() -> None:
+    for text in ("The answer is 42. Wait: \\boxed{4", "The answer is 42. \\boxed{}",
+                 "\\boxed{42}. So the answer is"):  # fmt: skip
+        for task in ("math", "numeric", "exact", "choice"):
+            assert answers.extract_answer(text, task).text is None  # type: ignore[arg-type]
+
+
+def test_numbers_close_is_relative_and_exact() -> None:
+    assert not answers.numbers_close(Fraction(1, 10**30), Fraction(2, 10**30), 1e-4)
+    assert answers.numbers_close(Fraction(10**399), Fraction(10**399 + 1), 1e-6)

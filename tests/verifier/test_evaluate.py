@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 
 import pytest
 
@@ -71,3 +72,28 @@ def test_hostile_input_is_cheap() -> None:
     for text in ("{" * 5000 + "1" + "}" * 5000, "1+" * 100_000 + "1", "((((" * 1000):
         evaluate.constant(text)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("\\frac{1}{2^{98}}", Fraction(1, 2**98)),
+        ("2^{100}+1", Fraction(2**100 + 1)),
+        ("10^{-20}", Fraction(1, 10**20)),
+        ("0.5", None),  # a decimal is an approximation, not an exact value
+        ("\\sqrt{2}", None),
+        ("2^{300}^{300}", None),  # too large to work out exactly
+    ],
+)
+def test_exact_constant(text: str, value: Fraction | None) -> None:
+    assert evaluate.exact_constant(text) == value
+
+
+def test_exact_values_are_not_hidden_by_a_tolerance() -> None:
+    assert evaluate.provably_different("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}")
+    assert evaluate.provably_different("2^{100}+1", "2^{100}")
+    assert not evaluate.equal_constants("2^{100}+1", "2^{100}")
+    assert evaluate.equal_constants("\\frac{1}{2^{98}}", "2^{-98}")
+    # a float sum that absorbed a small term proves nothing either way
+    assert evaluate.constant("\\sqrt{2}\\cdot 2^{100}+1") is None
+    assert not evaluate.equal_constants("\\sqrt{2}+10^{-13}", "\\sqrt{2}")

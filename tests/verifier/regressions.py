@@ -1,0 +1,182 @@
+# ruff: noqa: E501  (a table: one row per line reads best)
+"""Regression corpus: inputs people hit, each with the verdict and reason it must get.
+
+Each row is one member of a kind of fault (issue 13), or a neighbour found while fixing
+that kind; `kind` names it. Rows that held before the fix are kept beside the ones that
+did not, so that a fix of one member cannot quietly break its neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Regression(NamedTuple):
+    kind: str
+    response: str
+    reference: str
+    task: str
+    correct: bool
+    reason: str
+
+
+def _r(
+    kind: str, response: str, reference: str, correct: bool, reason: str = "", task: str = "math"
+) -> Regression:
+    return Regression(
+        kind, response, reference, task, correct, reason or ("match" if correct else "mismatch")
+    )
+
+
+def _box(answer: str) -> str:
+    return f"So the answer is $\\boxed{{{answer}}}$."
+
+
+EXACT_VALUES = "exact values: no tolerance hides a difference"
+EQUATIONS = "equations compare as equations"
+LAST_ANSWER = "the last answer decides, a broken one is no answer"
+CHOICE = "a choice letter only where a choice is stated"
+GROUPED = "grouped numbers"
+STATEMENT = "the value of an answer statement"
+
+# fmt: off
+REGRESSIONS: list[Regression] = [
+    # 1. exact values compare exactly or by relative error, at any magnitude
+    _r(
+        EXACT_VALUES,
+        "Hence the probability is $\\boxed{\\frac{1}{2^{98}}}$.",
+        "\\frac{1}{2^{99}}",
+        False,
+    ),
+    _r(EXACT_VALUES, _box("2^{-98}"), "2^{-99}", False),
+    _r(EXACT_VALUES, _box("\\frac{1}{2^{98}}"), "2^{-98}", True),
+    _r(EXACT_VALUES, _box("10^{-20}"), "2\\cdot 10^{-20}", False),
+    _r(EXACT_VALUES, _box("1.5\\times10^{-30}"), "3\\times10^{-30}", False),
+    _r(EXACT_VALUES, _box("3\\times10^{-12}"), "3\\times10^{-12}", True),
+    _r(EXACT_VALUES, _box("0.000000001"), "0.000000002", False),
+    _r(EXACT_VALUES, _box("0"), "10^{-12}", False),
+    _r(EXACT_VALUES, _box("1.58\\times10^{-30}"), "\\frac{1}{2^{98}}", False),
+    _r(EXACT_VALUES, _box("3.155443620884047\\times10^{-30}"), "\\frac{1}{2^{98}}", True),
+    _r(EXACT_VALUES, _box("(\\frac{1}{2^{98}}, 1)"), "(\\frac{1}{2^{99}}, 1)", False),
+    _r(EXACT_VALUES, _box("2^{100}+1"), "2^{100}", False),
+    _r(EXACT_VALUES, _box("10^{20}+1"), "100000000000000000000", False),
+    _r(EXACT_VALUES, _box("100000000000000000001"), "10^{20}+1", True),
+    _r(EXACT_VALUES, _box("\\sqrt{2}\\cdot 2^{100}+1"), "\\sqrt{2}\\cdot 2^{100}", False),
+    _r(EXACT_VALUES, _box("\\frac{100!}{98!}"), "9900", True),
+    _r(EXACT_VALUES, _box("20!+1"), "2432902008176640000", False),
+    _r(EXACT_VALUES, _box("2432902008176640000"), "20!", True),
+    _r(EXACT_VALUES, _box("0.333333"), "\\frac13", True),  # 6 decimals: math-verify's rule
+    _r(EXACT_VALUES, "Answer: 0.000000002", "0.000000001", False, task="numeric"),
+    _r(EXACT_VALUES, "Answer: 0.0000000001", "0", False, task="numeric"),
+    _r(EXACT_VALUES, "Answer: 0.3333334", "0.3333333", True, task="numeric"),  # rel 1e-6
+    # 2. equations keep their meaning: same solution set, both ways round
+    _r(EQUATIONS, "\\boxed{2x - y + 3 = 0}", "y = 2x + 3", True),
+    _r(EQUATIONS, "\\boxed{y = 2x + 3}", "2x - y + 3 = 0", True),
+    _r(EQUATIONS, _box("4x - 2y + 6 = 0"), "y = 2x + 3", True),
+    _r(EQUATIONS, _box("y - 2x = 3"), "y=2x+3", True),
+    _r(EQUATIONS, _box("2y = 4x + 6"), "y=2x+3", True),
+    _r(EQUATIONS, _box("x + y = 1"), "y = 1 - x", True),
+    _r(EQUATIONS, _box("x - y = 0"), "y = x", True),
+    _r(EQUATIONS, _box("2x - y - 3 = 0"), "y = 2x + 3", False),
+    _r(EQUATIONS, _box("y = 2x - 3"), "2x - y + 3 = 0", False),
+    _r(EQUATIONS, _box("y = 2x + 1"), "x = 2y + 1", False),
+    _r(EQUATIONS, _box("x^2 - 2x + y^2 + 4y - 4 = 0"), "(x-1)^2 + (y+2)^2 = 9", True),
+    _r(EQUATIONS, _box("x = 5"), "5", True),
+    _r(EQUATIONS, _box("k = -\\frac{1}{2}"), "-\\frac12", True),
+    # 3. the last answer the response gives decides; broken, it is no answer
+    _r(
+        LAST_ANSWER,
+        "The answer is 42. Wait, let me recheck that: \\boxed{4",
+        "42",
+        False,
+        "no_answer",
+    ),
+    _r(LAST_ANSWER, "The answer is 42. Let me box it: \\boxed{}", "42", False, "no_answer"),
+    _r(LAST_ANSWER, "#### 42\nHmm, wait: \\boxed{\\frac{1}{2}", "42", False, "no_answer"),
+    _r(
+        LAST_ANSWER,
+        "\\boxed{42}\n\nActually, let me reconsider. \\boxed{4",
+        "42",
+        False,
+        "no_answer",
+    ),
+    _r(LAST_ANSWER, "\\boxed{42}. Therefore, the answer is", "42", False, "no_answer"),
+    _r(LAST_ANSWER, "The answer is 42. Wait \\boxed{4", "42", False, "no_answer", task="numeric"),
+    _r(
+        LAST_ANSWER,
+        "The answer is (B). Wait, no: \\boxed{C",
+        "B",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(
+        LAST_ANSWER,
+        "The answer is Paris. Or rather \\boxed{Lon",
+        "Paris",
+        False,
+        "no_answer",
+        task="exact",
+    ),
+    _r(LAST_ANSWER, "\\boxed{4}... Wait, recheck: the answer is \\boxed{42}", "42", True),
+    _r(LAST_ANSWER, "The answer is $\\boxed{42}$.", "42", True),
+    _r(LAST_ANSWER, "\\boxed{41} no wait \\boxed{42}", "42", True),
+    _r(LAST_ANSWER, "The final answer is $\\boxed{42}$. I hope the answer is right.", "42", True),
+    # 4. a multiple-choice letter counts only where the response states a choice
+    _r(
+        CHOICE,
+        "Comparing the scales we need $\\boxed{\\langle H\\rangle \\ll \\Delta E}$ for the approximation.\n\n**Answer: D**",
+        "D",
+        True,
+        task="choice",
+    ),
+    _r(CHOICE, "$\\boxed{E = mc^2}$, so the answer is (B).", "B", True, task="choice"),
+    _r(CHOICE, "We get $\\boxed{A + B}$.\nAnswer: C", "C", True, task="choice"),
+    _r(CHOICE, "The answer is $x = A\\cos\\omega t$.", "A", False, "no_answer", task="choice"),
+    _r(
+        CHOICE,
+        "Evaluating $f(B)$ gives the smallest value.",
+        "B",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(CHOICE, "So the current must satisfy I < B", "B", False, "no_answer", task="choice"),
+    _r(CHOICE, "\\boxed{\\text{C}}", "C", True, task="choice"),
+    _r(CHOICE, "\\boxed{(C)\\ 12}", "C", True, task="choice"),
+    _r(CHOICE, "\\boxed{\\textbf{(C) } 12}", "C", True, task="choice"),
+    _r(CHOICE, "\\boxed{C: 12}", "C", True, task="choice"),
+    _r(CHOICE, "The answer is D because the others fail.", "D", True, task="choice"),
+    _r(CHOICE, "After eliminating options, I pick D", "D", True, task="choice"),
+    _r(CHOICE, "**Answer: D**", "D", True, task="choice"),
+    # 7. every spelling of a grouped number is one number; a bad group is not a group
+    _r(GROUPED, "The total is $\\boxed{10000}$.", "10,\\!000", True),
+    _r(GROUPED, _box("1000000"), "1,\\!000,\\!000", True),
+    _r(GROUPED, _box("10,\\!000"), "10000", True),
+    _r(GROUPED, _box("10,\\!001"), "10000", False),
+    _r(GROUPED, _box("12,\\!345.5"), "12345.5", True),
+    _r(GROUPED, _box("10{,}000"), "10000", True),
+    _r(GROUPED, _box("10\\,000"), "10000", True),
+    _r(GROUPED, _box("10\\ 000"), "10000", True),
+    _r(GROUPED, _box("1,\\!00"), "100", False),
+    _r(GROUPED, _box("1\\,0000"), "10000", False),
+    _r(GROUPED, _box("2{,}5"), "25", False),
+    _r(GROUPED, "The total is 10,\\!000 dollars.", "10000", True, task="numeric"),
+    _r(GROUPED, "#### 10,\\!000", "10000", True, task="numeric"),
+    _r(GROUPED, "#### 1,000", "1000", True, task="numeric"),
+    # 8. prose after an answer marker: the statement's final mathematical value
+    _r(STATEMENT, "... Final Answer: The largest $n$ is 34.", "$34$", True),
+    _r(STATEMENT, "Final Answer: The largest $n$ is 35.", "34", False),
+    _r(STATEMENT, "Answer: The value of $x$ is $\\frac{1}{2}$.", "\\frac12", True),
+    _r(STATEMENT, "Answer: The sum equals 12.", "12", True),
+    _r(STATEMENT, "Answer: It is $\\sqrt{2}$ meters.", "\\sqrt2", True),
+    _r(STATEMENT, "The answer is that $x = 5$.", "5", True),
+    _r(
+        STATEMENT,
+        "Final Answer: The final answer is $\\frac{3}{5}$. I hope it is correct.",
+        "\\frac35",
+        True,
+    ),
+    _r(STATEMENT, "Answer: The largest n is 34.", "34", True, task="numeric"),
+]
+# fmt: on
