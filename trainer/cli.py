@@ -26,7 +26,8 @@ from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
 from services.verifier.client import VerifierClient
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.generation.client import GenerationClient
-from trainer.generation.weight_sync import make_weight_sync
+from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
+from trainer.generation.weight_sync import build_weight_sync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
@@ -80,7 +81,16 @@ def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokeniz
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     template, field = config.data.prompt_template, config.data.prompt_field
     prompts = [template.format(prompt=row[field]) for row in rows]
-    tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    if config.data.chat_template:
+        tokens = [
+            list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                return_dict=False,
+            ))
+            for prompt in prompts
+        ]  # fmt: skip
+    else:
+        tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     return Dataset(tokens, [str(row[config.data.answer_field]) for row in rows])
 
 
@@ -98,25 +108,45 @@ def services_for(config: TrainerConfig, output: Path, console: Console) -> Itera
         yield urls
 
 
+def landing_probe(config: TrainerConfig, data: Dataset) -> LandingProbe | None:
+    """The post-push check of `[services] landing_*`, on the first training prompts."""
+    s = config.services
+    if not s.landing_check:
+        return None
+    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+    return LandingProbe(
+        data.prompt_tokens[: s.landing_prompts],
+        tolerance=s.landing_tolerance or default_tolerance(dtype),
+        max_tokens=min(config.sampling.max_tokens, 16),
+        timeout=s.request_timeout_s,
+    )
+
+
 @contextlib.asynccontextmanager
-async def clients(config: TrainerConfig, urls: StackUrls, output: Path) -> AsyncIterator[Services]:
+async def clients(
+    config: TrainerConfig, urls: StackUrls, output: Path, data: Dataset
+) -> AsyncIterator[Services]:
     s = config.services
     policy = RetryPolicy(attempts=s.retries)
     weights_dir = s.weights_dir or (output / "weights").resolve()
     allocator = AllocatorClient(urls.allocator_url, token=s.allocator_token, policy=policy)
     verifier = VerifierClient(urls.verifier_url, timeout=s.request_timeout_s, policy=policy)
     generation = GenerationClient(urls.generation_urls, timeout=s.request_timeout_s, policy=policy)
-    sync = make_weight_sync(
+    sync = build_weight_sync(
         s.weight_sync,
         urls.generation_urls,
         weights_dir=weights_dir,
         model_files_from=config.model.path,
+        timeout=s.request_timeout_s,
+        policy=policy,
     )
+    landing = landing_probe(config, data)
     try:
-        yield Services(allocator, verifier, generation, sync)
+        yield Services(allocator, verifier, generation, sync, landing)
     finally:
-        for client in (allocator, verifier, generation, sync):
-            await client.aclose()
+        for client in (allocator, verifier, generation, sync, landing):
+            if client is not None:
+                await client.aclose()
 
 
 async def prepare_run(trainer: Trainer, config: TrainerConfig, output: Path) -> None:
@@ -167,7 +197,7 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
         total_steps=config.run.steps,
     )
     run_id = config.run.run_id or output.resolve().name
-    async with clients(config, urls, output) as services:
+    async with clients(config, urls, output, data) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)
         await prepare_run(trainer, config, output)
         # The servers may hold another run's weights (a shared stack) or a restarted
@@ -224,7 +254,7 @@ def main(argv: list[str]) -> int:
             Logbook(output, config.run.steps, console) as logbook,
         ):
             asyncio.run(train(config, output, urls, logbook))
-    except (ServiceError, ServiceUnavailable) as exc:
+    except (ServiceError, ServiceUnavailable, WeightLandingError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
     console.print(f"done: metrics in {output / 'metrics.jsonl'}")

@@ -53,6 +53,11 @@ class DataSection(_Section):
     prompt_template: str = Field(
         "{prompt}", description="Python format string applied to the prompt field."
     )
+    chat_template: bool = Field(
+        False,
+        description="Send each templated prompt as one user message through the tokenizer's "
+        "chat template (with the generation prompt); false: the prompt text as is.",
+    )
 
 
 class ModelSection(_Section):
@@ -73,7 +78,25 @@ class ServicesSection(_Section):
         default_factory=list, description="Generation servers (/v1/completions), balanced."
     )
     weight_sync: Literal["vllm", "vllm_nccl", "sglang"] = Field(
-        "vllm", description="How new weights reach the generation servers."
+        "vllm",
+        description="How new weights reach the generation servers: `vllm` (in-place reload "
+        "from a safetensors directory; vLLM 0.32 dev routes, and the embedded server), "
+        "`vllm_nccl` (vLLM's NCCL transfer, GPU), `sglang` (update_weights_from_disk).",
+    )
+    landing_check: bool = Field(
+        True,
+        description="After every push, sample a few probe prompts on every server and stop "
+        "the run if its logprobs differ from the pushed weights' by more than "
+        "landing_tolerance (trainer/generation/landing.py).",
+    )
+    landing_tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="Largest mean |logprob difference| per token (nats) a landed push may "
+        "show; null: 1e-3 for float32 training, 5e-2 for bfloat16.",
+    )
+    landing_prompts: int = Field(
+        4, ge=1, le=64, description="Training prompts sampled by the landing probe."
     )
     weights_dir: Path | None = Field(
         None,

@@ -40,6 +40,7 @@ from trainer.generation.client import (
     GenerationRequest,
     SamplingParams,
 )
+from trainer.generation.landing import LandingProbe, LandingReport
 from trainer.generation.weight_sync import WeightSync
 from trainer.logbook import Logbook
 from trainer.policy import Policy, Rollout
@@ -59,6 +60,7 @@ class Services:
     verifier: VerifierClient
     generation: GenerationClient
     weights: WeightSync
+    landing: LandingProbe | None = None  # None: pushes are not checked (not recommended)
 
 
 @dataclass
@@ -124,11 +126,19 @@ class Trainer:
         ]
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        """Generate; if a server answered with stale weights (it restarted), push and redo."""
+        """Generate; if a server answered with stale weights (it restarted), push and redo.
+
+        A server that labels its answers (the embedded one) is checked answer by answer;
+        one that does not (vLLM) is asked for its `/weight_info` once the batch is back:
+        a server that restarted during the call reports its initial version there.
+        """
         for _ in range(3):
             completions = await self.services.generation.generate(requests)
             expected = str(self.weight_version)
             stale = {c.base_url for c in completions if c.weight_version not in (None, expected)}
+            if any(c.weight_version is None for c in completions):
+                versions = await self.services.generation.weight_versions()
+                stale |= {url for url, v in versions.items() if v != expected}
             if not stale:
                 return completions
             self.log.note(f"stale weights on {sorted(stale)}; pushing version {expected}")
@@ -226,7 +236,7 @@ class Trainer:
             self.pilots.pop(prompt_id, None)
         batch.phase_s["allocate"] += time.perf_counter() - t
         t = time.perf_counter()
-        await self.push_weights()
+        landing = await self.push_weights()
         batch.phase_s["sync"] += time.perf_counter() - t
         self.tally.groups_trained += len(batch.groups)
         self.step += 1
@@ -247,11 +257,24 @@ class Trainer:
         }
         if mismatch is not None:
             row["logprob_mismatch"] = mismatch
+        if landing:
+            row["landing_max_abs"] = max(r.max_abs for r in landing)
         return row
 
-    async def push_weights(self) -> None:
+    async def push_weights(self) -> list[LandingReport]:
+        """Push the policy to every server as the next version, then check it landed.
+
+        Raises WeightLandingError (step, server, largest difference) when a server's
+        logprobs disagree with the pushed weights: no rollout is drawn from them.
+        """
         self.weight_version += 1
         await self.services.weights.push(self.policy.model, self.weight_version)
+        if self.services.landing is None:
+            return []
+        urls = self.services.generation.base_urls
+        return await self.services.landing.check(
+            self.policy.model, urls, self.weight_version, self.step
+        )
 
     # ---- evaluation ----
 

@@ -33,11 +33,16 @@ class ServiceUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with jitter."""
+    """Bounded exponential backoff with jitter.
+
+    `retry_5xx=False` is for control calls whose 5xx a retry cannot fix and may make worse
+    (a generation server's weight-update routes): only transport errors are retried then.
+    """
 
     attempts: int = 5
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
+    retry_5xx: bool = True
 
     def delay(self, attempt: int) -> float:
         base: float = min(self.max_backoff_s, self.backoff_s * 2**attempt)
@@ -77,7 +82,7 @@ async def request(
         else:
             if response.status_code < 400:
                 return response
-            if response.status_code < 500:
+            if response.status_code < 500 or not policy.retry_5xx:
                 raise ServiceError(service, response.status_code, _detail(response), url)
             last_error = ServiceError(service, response.status_code, _detail(response), url)
             log.warning("%s answered %d for %s; attempt %d", service, response.status_code, url,

@@ -120,10 +120,10 @@ def paired_throughput(
 async def weight_update_ms(url: str, model_dir: Path, workdir: Path, updates: int) -> float:
     from transformers import AutoModelForCausalLM
 
-    from trainer.generation.weight_sync import make_weight_sync
+    from trainer.generation.weight_sync import build_weight_sync
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    sync = make_weight_sync("vllm", [url], weights_dir=workdir / "weights")
+    sync = build_weight_sync("vllm", [url], weights_dir=workdir / "weights")
     times = []
     for version in range(1, updates + 1):
         began = time.perf_counter()

@@ -1,10 +1,15 @@
-"""vLLM's weight-transfer control API, disk backend, on the embedded server.
+"""vLLM's weight-update control routes, on the embedded server.
 
-Same paths, parameters and bodies as vLLM's RLHF routes, so the trainer's `vllm`
-adapter drives this server unchanged: `/pause` (mode abort|wait|keep), `/resume`,
-`/is_paused`, `/init_weight_transfer_engine`, `/start_weight_update`, `/update_weights`
-(`update_info.path`: a safetensors directory), `/finish_weight_update` (commits
-`weight_version`), `/update_weight_version`, `/weight_info` and `/get_world_size`.
+The trainer's `vllm` adapter uses vLLM 0.32's in-place reload: `/pause` (mode
+abort|wait|keep), `/collective_rpc` with `reload_weights` and `weights_path` (a
+safetensors directory), `/update_weight_version`, `/resume`; `/weight_info` reports the
+version. Same paths, parameters and bodies as vLLM's dev-mode routes, so one adapter
+drives both servers.
+
+The staged routes (`/init_weight_transfer_engine`, `/start_weight_update`,
+`/update_weights`, `/finish_weight_update`) carry vLLM's names, but `update_info.path`
+(a directory) is this server's own: vLLM 0.32 has no disk backend for them (its backends
+are nccl, ipc and other GPU transports).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from services.generation.deps import EngineDep
 from services.generation.engine import ConflictError
 from services.generation.models import (
+    CollectiveRpcRequest,
+    CollectiveRpcResponse,
     FinishWeightUpdateRequest,
     InitWeightTransferRequest,
     PausedState,
@@ -60,6 +67,26 @@ async def resume(engine: EngineDep) -> StatusMessage:
 @router.get("/is_paused", response_model=PausedState)
 async def is_paused(engine: EngineDep) -> PausedState:
     return PausedState(is_paused=engine.gate.is_paused)
+
+
+@router.post("/collective_rpc", response_model=CollectiveRpcResponse)
+async def collective_rpc(body: CollectiveRpcRequest, engine: EngineDep) -> CollectiveRpcResponse:
+    """`reload_weights(weights_path=DIR)`: load a safetensors directory in place."""
+    if body.method != "reload_weights":
+        raise HTTPException(
+            400, f"the embedded server runs only method 'reload_weights', not {body.method!r}"
+        )
+    try:
+        path = resolve_weights_path(
+            body.rpc_kwargs.get("weights_path"), engine.settings.weights_dir, "kwargs.weights_path"
+        )
+        tensors = await asyncio.to_thread(read_safetensors_dir, path)
+        await asyncio.to_thread(engine.reload_weights, tensors)
+    except WeightLoadError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return CollectiveRpcResponse(results=[None])
 
 
 @router.post(

@@ -393,6 +393,13 @@ class Engine:
         log.info("weights updated to version %s (%d tensors)", new_version, len(staged))
         return held
 
+    def reload_weights(self, tensors: dict[str, torch.Tensor]) -> float:
+        """vLLM's in-place reload: check, then swap between two decoding steps, keeping the
+        reported version (the caller sets it with `/update_weight_version`)."""
+        self.start_weight_update()
+        self.stage_weights(tensors)
+        return self.finish_weight_update(self.weight_version)
+
     def _next_version(self) -> str:
         current = self.weight_version
         if current is not None and current.lstrip("-").isdigit():

@@ -233,6 +233,32 @@ class UpdateWeightVersionRequest(BaseModel):
     new_version: str = Field(description="Version to report from now on; weights unchanged.")
 
 
+class CollectiveRpcRequest(BaseModel):
+    """Body of `POST /collective_rpc` (vLLM dev mode): a worker method and string kwargs.
+
+    The embedded server runs one method, `reload_weights` with `weights_path`, vLLM's
+    in-place reload from a safetensors directory; anything else is refused with 400.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    method: str = Field(description="Worker method to run: `reload_weights`.")
+    args: list[str] = Field(default_factory=list, description="Positional string args.")
+    rpc_kwargs: dict[str, str] = Field(
+        default_factory=dict,
+        alias="kwargs",
+        description="Keyword string args; `reload_weights` takes `weights_path`, a directory "
+        "of safetensors files (absolute, or relative to the server's weights_dir).",
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds to wait, or none.")
+
+
+class CollectiveRpcResponse(BaseModel):
+    """Answer of `POST /collective_rpc`: one result per worker (one worker here)."""
+
+    results: list[Any] = Field(description="Each worker's return value (null for none).")
+
+
 class WeightInfo(BaseModel):
     """Body of `GET /weight_info` (vLLM's name for the committed weight version)."""
 

@@ -17,14 +17,16 @@ class WeightLoadError(ValueError):
     """The directory cannot be loaded into this model (the caller answers 400)."""
 
 
-def resolve_weights_path(raw: object, weights_dir: Path | None) -> Path:
-    """The directory named by `update_info.path`; relative paths need `weights_dir`."""
+def resolve_weights_path(
+    raw: object, weights_dir: Path | None, field: str = "update_info.path"
+) -> Path:
+    """The directory named by `field`; relative paths need `weights_dir`."""
     if not isinstance(raw, str) or not raw:
-        raise WeightLoadError("update_info.path must be a non-empty string")
+        raise WeightLoadError(f"{field} must be a non-empty string")
     path = Path(raw)
     if not path.is_absolute():
         if weights_dir is None:
-            raise WeightLoadError(f"update_info.path must be absolute: {raw!r}")
+            raise WeightLoadError(f"{field} must be absolute: {raw!r}")
         path = weights_dir / path
     if not path.is_dir():
         raise WeightLoadError(f"no such directory: {path}")

