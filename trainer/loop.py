@@ -108,6 +108,7 @@ class Trainer:
         self.tally = Tally()
         self.step = 0
         self.weight_version = 0
+        self.stale_repushes = 0  # pushes made because a server answered with old weights
         self.wall_s = 0.0
 
     # ---- one round ----
@@ -142,6 +143,7 @@ class Trainer:
             if not stale:
                 return completions
             self.log.note(f"stale weights on {sorted(stale)}; pushing version {expected}")
+            self.stale_repushes += 1
             await self.push_weights()
         raise RuntimeError("generation servers keep answering with stale weights")
 
@@ -250,6 +252,7 @@ class Trainer:
             "train_reward_mean": sum(rewards) / len(rewards),
             "rounds": batch.rounds,
             "buffer_size": len(self.pilots),
+            "stale_repushes": self.stale_repushes,
             "wall_s": self.wall_s,
             "step_s": elapsed,
             **{f"time_{k}_s": v for k, v in batch.phase_s.items()},

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from rich.console import Console
 
@@ -37,6 +38,9 @@ class EmbeddedStack:
     generation_servers: int = 1
     console: Console = field(default_factory=Console)
     procs: list[ManagedProcess] = field(default_factory=list)
+    # "vllm": vLLM's OpenAI server from its own venv (services/generation/vllm.py);
+    # None: no generation server (the caller has its own).
+    generation: Literal["embedded", "vllm"] | None = "embedded"
 
     def start(self) -> StackUrls:
         logs = self.workdir / "logs"
@@ -51,16 +55,10 @@ class EmbeddedStack:
                     "allocator", ["allocator", "serve"], logs, {"PC_ALLOCATOR_REDIS_URL": redis_url}
                 )
                 verifier = self._service("verifier", ["verifier", "serve"], logs, {})
-                generation = [
-                    self._service(
-                        f"generation-{i}",
-                        ["generation", "serve", "--model", str(self.model_dir)],
-                        logs,
-                        {},
-                        timeout=180,
-                    )
-                    for i in range(self.generation_servers)
-                ]
+                generation = []
+                for i in range(self.generation_servers if self.generation else 0):
+                    status.update(f"{self.generation} generation server {i} (vLLM: minutes)")
+                    generation.append(self._generation(i, logs))
         except BaseException:
             self.stop()
             raise
@@ -72,6 +70,19 @@ class EmbeddedStack:
         port = free_port()
         self.procs.append(
             start_service(name, command, port=port, log_dir=logs, env=env, timeout=timeout)
+        )
+        return f"http://127.0.0.1:{port}"
+
+    def _generation(self, index: int, logs: Path) -> str:
+        if self.generation == "embedded":
+            command = ["generation", "serve", "--model", str(self.model_dir)]
+            return self._service(f"generation-{index}", command, logs, {}, timeout=180)
+        from services.generation.vllm import start_vllm
+
+        port = free_port()
+        workdir = self.workdir / f"vllm-{index}"
+        self.procs.append(
+            start_vllm(self.model_dir, port=port, workdir=workdir, name=f"vllm-{index}")
         )
         return f"http://127.0.0.1:{port}"
 
@@ -99,7 +110,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/stack"))
     parser.add_argument("--generation-servers", type=int, default=1)
+    parser.add_argument(
+        "--generation",
+        choices=["embedded", "vllm"],
+        default="embedded",
+        help="which generation server to start: the embedded one, or vLLM from its own venv "
+        "(.venv-vllm or PC_VLLM_PYTHON; `bash .ci/vllm-venv` builds it)",
+    )
     args = parser.parse_args(argv)
+    if args.generation == "vllm":
+        from services.generation.vllm import VLLMNotFound, find_vllm_python
+
+        try:
+            find_vllm_python()
+        except VLLMNotFound as exc:
+            print(f"pilot-commit up: {exc}")
+            return 2
     model = args.model
     if model is None:
         from trainer.tiny.build import ensure_tiny
@@ -109,7 +135,10 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedStack(args.workdir, model, args.generation_servers, console) as urls:
+    stack = EmbeddedStack(
+        args.workdir, model, args.generation_servers, console, generation=args.generation
+    )
+    with stack as urls:
         console.print(f"redis      {urls.redis_url}")
         console.print(f"allocator  {urls.allocator_url}")
         console.print(f"verifier   {urls.verifier_url}")

@@ -7,8 +7,10 @@ it: nothing is ever killed by name or port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -83,21 +85,28 @@ class ManagedProcess:
         except OSError:
             return ""
 
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """Signal the process and its children (it leads its own session: ours alone)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds; only this process."""
+        """SIGTERM, then SIGKILL after `timeout` seconds; this process and its children."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
             self.proc.wait(5)
+        self._signal_group(signal.SIGKILL)  # children that outlived their parent
 
     def kill(self) -> None:
-        """SIGKILL at once: used by tests that simulate a crash."""
+        """SIGKILL at once, children included: a crash, as tests simulate it."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
             self.proc.wait(5)
 
 

@@ -1,4 +1,5 @@
 """`pilot-commit generation serve`: run the embedded server with uvicorn.
+`pilot-commit generation vllm`: run vLLM's OpenAI server instead (services/generation/vllm.py).
 
 Flags override the `PC_GENERATION_*` environment; anything not given keeps its setting.
 """
@@ -27,7 +28,47 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights-dir", help="base of relative update_info.path values")
     serve.add_argument("--served-model-name")
     serve.add_argument("--log-level", default="info")
+    vllm = sub.add_parser(
+        "vllm", help="run vLLM's OpenAI server (its own venv) as the generation server"
+    )
+    vllm.add_argument("--model", required=True, help="model directory")
+    vllm.add_argument("--host", default="127.0.0.1")
+    vllm.add_argument("--port", type=int, default=DEFAULT_PORT)
+    vllm.add_argument("--dtype", default="float32")
+    vllm.add_argument("--max-model-len", type=int, default=512)
+    vllm.add_argument(
+        "--compile", action="store_true", help="let vLLM compile (slower start) instead of eager"
+    )
+    vllm.add_argument(
+        "--workdir", default="runs/vllm", help="where the served (untied) model copy is written"
+    )
     return parser
+
+
+def run_vllm(args: argparse.Namespace) -> int:
+    """Replace this process with vLLM, serving the untied copy of --model."""
+    import os
+    from pathlib import Path
+
+    from services.generation.vllm import (
+        VLLMNotFound,
+        find_vllm_python,
+        served_model_dir,
+        vllm_command,
+        vllm_env,
+    )
+
+    try:
+        python = find_vllm_python()
+    except VLLMNotFound as exc:
+        print(f"pilot-commit generation vllm: {exc}")
+        return 2
+    served = served_model_dir(Path(args.model), Path(args.workdir) / "served-model")
+    argv = vllm_command(
+        python, served, port=args.port, host=args.host, dtype=args.dtype,
+        max_model_len=args.max_model_len, enforce_eager=not args.compile,
+    )  # fmt: skip
+    os.execve(python, argv, {**os.environ, **vllm_env()})
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,6 +79,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "vllm":
+        return run_vllm(args)
     import uvicorn
 
     from services.generation.app import create_app

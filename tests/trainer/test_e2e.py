@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from services.common.http import ServiceUnavailable
 from services.common.procs import start_service
+from tests.assets import fitted_tiny_assets
 from trainer.cli import clients, load_dataset, prepare_run, train
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, WeightLandingError
@@ -22,9 +22,6 @@ from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Trainer
 from trainer.stack import EmbeddedStack, StackUrls
-from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
-from trainer.tiny.task import TaskConfig, generate_splits, write_jsonl
-from trainer.tiny.warmstart import answer_loss, encode_batch
 
 STRATEGIES = {
     "grpo": {"strategy": "grpo", "train_batch_size": 4, "n": 6},
@@ -43,30 +40,7 @@ STRATEGIES = {
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small Llama fitted for a few seconds to one-digit arithmetic: right on some
-    problems some of the time, so groups have reward spread to learn from."""
-    root = tmp_path_factory.mktemp("assets")
-    train_rows, _ = generate_splits(0, TaskConfig())
-    easy = [r for r in train_rows if r["difficulty"] == 1]
-    write_jsonl(root / "train.jsonl", easy)
-    write_jsonl(root / "test.jsonl", easy[:64])
-    tokenizer = build_tokenizer()
-    model = init_model(
-        tiny_llama_config(
-            tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128
-        ),
-        seed=0,
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    rng = random.Random(0)
-    for _ in range(300):
-        batch = [(r["prompt"], r["answer"]) for r in rng.sample(easy, 64)]
-        answer_loss(model, encode_batch(tokenizer, batch), 0.0).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root
+    return fitted_tiny_assets(tmp_path_factory.mktemp("assets"))
 
 
 @pytest.fixture(scope="module")

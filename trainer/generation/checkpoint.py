@@ -23,8 +23,8 @@ NON_WEIGHT_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")
 def named_tensors(weights: Weights, *, untie_embeddings: bool = False) -> dict[str, torch.Tensor]:
     """CPU, contiguous, detached tensors by name; tied tensors are stored once each.
 
-    `untie_embeddings` adds `lm_head.weight` (a copy of the input embedding) when the model
-    ties them, for a server that serves an untied copy of the model (`untied_copy`).
+    `untie_embeddings` adds `lm_head.weight` (the input embedding) when `weights` lack it,
+    for a server that serves an untied copy of a tied model (services/generation/vllm.py).
     """
     source = dict(weights.state_dict() if isinstance(weights, torch.nn.Module) else weights)
     embedding = source.get("model.embed_tokens.weight")
@@ -83,41 +83,3 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def untied_copy(model_dir: Path, target: Path) -> Path:
-    """A copy of the model directory whose output projection is its own tensor.
-
-    vLLM 0.32 on CPU packs each linear layer's weight for its GEMM kernels at load time;
-    an in-place reload re-packs every layer it loads, but a tied `lm_head` loads nothing of
-    its own and keeps serving the packed copy of the *old* embedding matrix. Served untied
-    (`tie_word_embeddings: false` and an explicit `lm_head.weight`, pushed by
-    `write_checkpoint(untie_embeddings=True)`), the output projection reloads like any
-    other layer. The values, and so the model's outputs, are unchanged. Returns `target`;
-    a model that is not tied is copied as is.
-    """
-    import json
-
-    from safetensors.torch import load_file
-
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model_dir, tmp)
-    config_path = tmp / "config.json"
-    config = json.loads(config_path.read_text())
-    if config.get("tie_word_embeddings", False):
-        tensors: dict[str, torch.Tensor] = {}
-        for file in sorted(tmp.glob("*.safetensors")):
-            tensors.update(load_file(str(file)))
-            file.unlink()
-        (tmp / "model.safetensors.index.json").unlink(missing_ok=True)
-        save_file(
-            named_tensors(tensors, untie_embeddings=True),
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        config["tie_word_embeddings"] = False
-        config_path.write_text(json.dumps(config, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target

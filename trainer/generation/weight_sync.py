@@ -110,7 +110,7 @@ class VLLMReloadSync(_HttpAdapter):
     vLLM 0.32 serves these routes with `VLLM_SERVER_DEV_MODE=1` and needs no weight-transfer
     backend; the embedded server speaks the same subset. `weights_dir` must be visible at
     the same absolute path on every server. A model with tied embeddings must be served
-    untied on vLLM-CPU (`untied_copy`; docs/generation.md, "Weight sync"); the checkpoint
+    untied on vLLM-CPU (services/generation/vllm.py); the checkpoint
     always holds `lm_head.weight`, which a tied server skips.
 
     Control calls are sent once: a 5xx from a weight-update route is not retried (a retry

