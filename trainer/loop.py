@@ -22,7 +22,6 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
+from services.allocator.core import rewards_constant
 from services.verifier.client import VerifierClient
 from services.verifier.models import ScoreItem
 from trainer.config import TrainerConfig
@@ -85,10 +85,6 @@ class StepResult:
 def round_seed(seed: int, step: int, round_: int) -> int:
     digest = hashlib.blake2b(f"{seed}:{step}:{round_}".encode(), digest_size=6).digest()
     return int.from_bytes(digest, "little")
-
-
-def all_equal(rewards: Sequence[float]) -> bool:
-    return max(rewards) == min(rewards)
 
 
 class Trainer:
@@ -181,7 +177,7 @@ class Trainer:
                 f"rollouts_{item.role.value}",
                 getattr(self.tally, f"rollouts_{item.role.value}") + item.n,
             )
-            if item.role != "commit" and all_equal(group):
+            if item.role != "commit" and rewards_constant(group):
                 self.tally.rollouts_zero_variance += item.n
         self.tally.rollouts_total += plan.rollouts
         for prompt_id in result.buffered:
@@ -192,7 +188,7 @@ class Trainer:
             if train.role == "commit":
                 stored = self.pilots.pop(train.prompt_id)
                 rollouts = [stored[i] for i in train.reuse] + rollouts
-                if all_equal([r.reward for r in rollouts]):
+                if rewards_constant([r.reward for r in rollouts]):
                     self.tally.rollouts_zero_variance += len(fresh[train.prompt_id])
             groups.append(rollouts)
         return groups

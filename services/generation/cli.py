@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     vllm.add_argument("--host", default="127.0.0.1")
     vllm.add_argument("--port", type=int, default=DEFAULT_PORT)
     vllm.add_argument("--dtype", default="float32")
-    vllm.add_argument("--max-model-len", type=int, default=512)
+    vllm.add_argument("--max-model-len", type=int, help="default: the model's context length")
     vllm.add_argument(
         "--compile", action="store_true", help="let vLLM compile (slower start) instead of eager"
     )

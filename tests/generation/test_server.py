@@ -104,6 +104,17 @@ def test_models_health_and_metrics(server_url: str) -> None:
         ({"max_tokens": 4}, 422, "prompt"),
         ({"prompt": [], "max_tokens": 4}, 422, "must not be empty"),
         ({"prompt": [[1, 2], []]}, 422, "must not be empty"),
+        ({"prompt": "", "max_tokens": 4}, 422, "must not be empty"),
+        ({"prompt": ["1+1=", ""], "max_tokens": 4}, 422, "must not be empty"),
+        ({"prompt": "1+1=", "seed": -1}, 422, "seed"),
+        ({"prompt": "1+1=", "seed": 2**64}, 422, "seed"),
+        ({"prompt": "1+1=", "stop": ""}, 422, "none of them empty"),
+        ({"prompt": "1+1=", "stop": ["="] * 17}, 422, "at most 16"),
+        ({"prompt": "1+1=", "max_tokens": 0}, 422, "max_tokens"),
+        ({"prompt": "1+1=", "max_tokens": 10**12}, 400, "context"),
+        ({"prompt": "1+1=", "n": 10**6}, 422, "n"),
+        ({"prompt": "1+1=", "temperature": -1}, 422, "temperature"),
+        ({"prompt": "1+1=", "logprobs": 21}, 422, "logprobs"),
         ({"prompt": "1+1=", "n": 0}, 422, "n"),
         ({"prompt": "1+1=", "stream": True}, 422, "stream"),
         ({"prompt": "1+1=", "top_p": 0}, 422, "top_p"),
@@ -119,3 +130,18 @@ def test_malformed_requests_get_a_4xx_with_a_reason(
     response = httpx.post(f"{server_url}/v1/completions", json=body, timeout=30)
     assert response.status_code == status, response.text
     assert reason in response.text
+
+
+async def test_a_bad_request_leaves_concurrent_good_ones_unaffected(server_url: str) -> None:
+    """An empty prompt sent while others decode is refused; they finish as if alone."""
+    good = {"prompt": "12+34=", "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+    alone = httpx.post(f"{server_url}/v1/completions", json=good, timeout=60).json()
+    async with httpx.AsyncClient(timeout=60) as client:
+        bad = {"prompt": "", "max_tokens": 4}
+        results = await asyncio.gather(
+            *(client.post(f"{server_url}/v1/completions", json=good) for _ in range(3)),
+            client.post(f"{server_url}/v1/completions", json=bad),
+        )
+    assert [r.status_code for r in results] == [200, 200, 200, 422]
+    for response in results[:3]:
+        assert response.json()["choices"][0]["token_ids"] == alone["choices"][0]["token_ids"]
