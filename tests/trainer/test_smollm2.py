@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from trainer.config import TrainerConfig
+from trainer.prompts import chat_prompt_ids
 from trainer.smollm2.build import (
     CHECK_PROMPT,
     SmolLM2Artifacts,
     SmolLM2Missing,
-    chat_prompt_ids,
     ensure_smollm2,
     load_gguf,
     locate_gguf,
-    resolve_smollm2,
 )
 from trainer.smollm2.calibrate import is_correct
 from trainer.smollm2.problems import INSTRUCTION, ProblemConfig, generate_splits, solve
@@ -178,20 +177,21 @@ def test_chat_template_prompt_and_completion_ids_round_trip(tokenizer) -> None:
 # ---- a short run against the embedded stack -------------------------------------------
 
 
-def smollm2_config(steps: int) -> object:
-    """configs/smollm2.toml as `pilot-commit train` resolves it, shortened for a test."""
-    from trainer.config import TrainerConfig
+def smollm2_config(steps: int, *extra: str) -> TrainerConfig:
+    """configs/smollm2.toml as `pilot-commit train` resolves it, shortened for a test:
+    2 prompts per step, G = 4 (a 135M model trains about 4 rollouts per 15 s on 2 cores)."""
+    from trainer.cli import resolve_data
+    from trainer.config import load_config
 
-    data = tomllib.loads(CONFIG.read_text())
-    # `data.smollm2` is the switch that `resolve_data` hands to `resolve_smollm2`.
-    assert data["data"].pop("smollm2") is True
-    data["run"] = {**data["run"], "steps": steps, "run_id": "smollm2-e2e"}
-    data["sampling"]["max_tokens"] = 48
-    data["eval"] = {**data["eval"], "prompts": 4}
-    # 2 prompts per step, G = 4: a 135M model trains about 4 rollouts per 15 s on 2 cores.
-    data["allocation"] = {**data["allocation"], "train_batch_size": 2, "gen_batch_size": 2,
-                          "n_pilot": 2, "n_commit": 2, "p_lower": 0.0, "p_upper": 0.0}  # fmt: skip
-    return resolve_smollm2(TrainerConfig.model_validate(data))
+    overrides = [
+        f"run.steps={steps}", 'run.run_id="smollm2-e2e"', "sampling.max_tokens=48",
+        "eval.prompts=4", "allocation.train_batch_size=2", "allocation.gen_batch_size=2",
+        "allocation.n_pilot=2", "allocation.n_commit=2", "allocation.p_lower=0.0",
+        "allocation.p_upper=0.0", *extra,
+    ]  # fmt: skip
+    config = resolve_data(load_config(CONFIG, overrides))
+    assert config.data.smollm2 and config.data.chat_template
+    return config
 
 
 @needs_smollm2

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.prompts import chat_prompt_ids
 from trainer.smollm2.problems import ProblemConfig, generate_splits
 from trainer.tiny.task import write_jsonl
 
@@ -256,20 +257,6 @@ def compare_logits(
         batch = torch.tensor([ids])
         diff = (model(batch).logits - saved(batch).logits).abs().max()
     return float(diff)
-
-
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of `prompt` as one user turn plus the assistant header, as the trainer
-    encodes a prompt with `data.chat_template = true`."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
-    )
-    if not isinstance(ids, list):
-        raise TypeError(f"apply_chat_template returned {type(ids).__name__}, not token ids")
-    return [int(i) for i in ids]  # type: ignore[arg-type]  # ints once it is a list
 
 
 def ensure_smollm2(out_root: Path | None = None, seed: int = 0) -> SmolLM2Artifacts:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from services.verifier import answers
-from trainer.smollm2.build import chat_prompt_ids
+from trainer.prompts import chat_prompt_ids
 from trainer.tiny.task import read_jsonl
 
 

