@@ -15,6 +15,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -33,6 +34,10 @@ from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
 from trainer.prompts import chat_prompt_ids
 from trainer.stack import EmbeddedStack, StackUrls
+
+if TYPE_CHECKING:
+    from trainer.smollm2.build import SmolLM2Artifacts
+    from trainer.tiny.build import TinyArtifacts
 
 ENV_OVERRIDES = {
     "PC_TRAINER_ALLOCATOR_URL": "services.allocator_url",
@@ -58,27 +63,30 @@ def env_overrides() -> list[str]:
 
 
 def resolve_data(config: TrainerConfig) -> TrainerConfig:
-    """Fill in the tiny task's (or SmolLM2's) paths and model, building them if absent."""
+    """Fill in unset data and model paths from the tiny (or SmolLM2) build, building it if
+    absent; a config without either must name all three."""
     if config.data.smollm2:
-        from trainer.smollm2.build import resolve_smollm2
+        from trainer.smollm2.build import ensure_smollm2
 
-        return resolve_smollm2(config)
-    if not config.data.tiny:
+        built: TinyArtifacts | SmolLM2Artifacts = ensure_smollm2(seed=0)
+    elif config.data.tiny:
+        from trainer.tiny.build import ensure_tiny
+
+        built = ensure_tiny(seed=0)
+    else:
         if not (config.data.train_path and config.data.test_path and config.model.path):
             raise SystemExit(
-                "config needs data.train_path, data.test_path and model.path (or data.tiny = true)"
+                "config needs data.train_path, data.test_path and model.path "
+                "(or data.tiny / data.smollm2 = true)"
             )
         return config
-    from trainer.tiny.build import ensure_tiny
-
-    tiny = ensure_tiny(seed=0)
     data = config.data.model_copy(
         update={
-            "train_path": config.data.train_path or tiny.train_path,
-            "test_path": config.data.test_path or tiny.test_path,
+            "train_path": config.data.train_path or built.train_path,
+            "test_path": config.data.test_path or built.test_path,
         }
     )
-    model = config.model.model_copy(update={"path": config.model.path or tiny.model_dir})
+    model = config.model.model_copy(update={"path": config.model.path or built.model_dir})
     return config.model_copy(update={"data": data, "model": model})
 
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from trainer.config import TrainerConfig
 
 # Bump when the code changes what a build produces, so stale caches are not reused.
 BUILD_VERSION = 1
@@ -262,17 +261,3 @@ def compare_logits(
 def ensure_smollm2(out_root: Path | None = None, seed: int = 0) -> SmolLM2Artifacts:
     """The default build for `seed`, building it first if it is not cached."""
     return build(out_root or default_out_root(), SmolLM2Config(seed=seed))
-
-
-def resolve_smollm2(config: TrainerConfig) -> TrainerConfig:
-    """`config` with data.train_path, data.test_path and model.path filled in from the
-    SmolLM2 build where unset (building it if absent). Raises `SmolLM2Missing`."""
-    built = ensure_smollm2(seed=0)
-    data = config.data.model_copy(
-        update={
-            "train_path": config.data.train_path or built.train_path,
-            "test_path": config.data.test_path or built.test_path,
-        }
-    )
-    model = config.model.model_copy(update={"path": config.model.path or built.model_dir})
-    return config.model_copy(update={"data": data, "model": model})

@@ -42,10 +42,9 @@ from trainer.smollm2.build import (
     ensure_smollm2,
     is_built,
     locate_gguf,
-    resolve_smollm2,
 )
 
-__all__ = ["SmolLM2Artifacts", "ensure_smollm2", "main", "resolve_smollm2"]
+__all__ = ["SmolLM2Artifacts", "ensure_smollm2", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
