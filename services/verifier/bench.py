@@ -9,6 +9,11 @@ Two measurements, in one run and on the same machine:
 2. Latency of 256-item requests of fresh prompts of which 1% are hostile (exponent
    towers, huge powers, 10,000 nested braces, a 1 MB response): p50, p99 and max, which
    should stay under the per-item timeout plus one second.
+
+With `--agreement` it does neither and instead compares the project's verdict with plain
+math-verify's on every case of the verdict table and the regression corpus, printing the
+agreement rate and every disagreement with the documented rule that decides it
+(`agreement.py`; seconds, in 2 worker processes).
 """
 
 from __future__ import annotations
@@ -226,6 +231,22 @@ def _print_table(figures: dict[str, float | int]) -> None:
         print(f"{name:<{width}}  {shown}")
 
 
+def _agreement(json_path: Path | None) -> int:
+    from services.verifier import agreement
+
+    outcomes = agreement.judge_all(agreement.table_items())
+    rate, found, text = agreement.report(outcomes)
+    print(text)
+    if json_path:
+        rows = [{"rule": d.rule, "source": d.outcome.item.source, "task": d.outcome.item.task,
+                 "response": d.outcome.item.response, "reference": d.outcome.item.reference,
+                 "project": d.outcome.project, "project_reason": d.outcome.project_reason,
+                 "math_verify": d.outcome.math_verify} for d in found]  # fmt: skip
+        figures = {"cases": len(outcomes), "agreement": rate, "disagreements": rows}
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pilot-commit bench verifier", description=__doc__)
     parser.add_argument("--prompts", type=int, default=64, help="prompts in the RL batch")
@@ -236,7 +257,11 @@ def main(argv: list[str]) -> int:
                         help="distinct batches scored cold, one after the other")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--agreement", action="store_true",
+                        help="compare verdicts with math-verify on the test tables")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.agreement:
+        return _agreement(args.json)
     # Each batch has its own answers (offset), so every batch meets a cold verdict cache.
     batches = [rl_batch(args.prompts, args.rollouts, args.seed + b, offset=100 * b)
                for b in range(args.batches)]  # fmt: skip
