@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
+from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.verifier.client import VerifierClient
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.generation.client import GenerationClient
@@ -114,6 +115,8 @@ def services_for(config: TrainerConfig, output: Path, console: Console) -> Itera
         )
     assert config.model.path is not None
     generation = None if s.generation_urls else s.embedded_generation
+    if generation == "vllm":
+        find_vllm_python()  # fail before anything starts
     stack = EmbeddedStack(
         output / "stack", config.model.path, console=console, generation=generation
     )
@@ -153,6 +156,8 @@ async def clients(
         urls.generation_urls,
         weights_dir=weights_dir,
         model_files_from=config.model.path,
+        nccl_master_address=s.nccl_master_address,
+        nccl_master_port=s.nccl_master_port,
         timeout=s.request_timeout_s,
         policy=policy,
     )
@@ -270,7 +275,7 @@ def main(argv: list[str]) -> int:
             Logbook(output, config.run.steps, console) as logbook,
         ):
             asyncio.run(train(config, output, urls, logbook))
-    except (ServiceError, ServiceUnavailable, WeightLandingError) as exc:
+    except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
     console.print(f"done: metrics in {output / 'metrics.jsonl'}")

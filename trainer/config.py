@@ -95,6 +95,14 @@ class ServicesSection(_Section):
         "from a safetensors directory; vLLM 0.32 dev routes, and the embedded server), "
         "`vllm_nccl` (vLLM's NCCL transfer, GPU), `sglang` (update_weights_from_disk).",
     )
+    nccl_master_address: str | None = Field(
+        None,
+        description="vllm_nccl: address the servers' workers reach the trainer at; null: "
+        "this host's name resolved (often 127.0.1.1 on Debian: set it for remote servers).",
+    )
+    nccl_master_port: int | None = Field(
+        None, ge=1, le=65535, description="vllm_nccl: first port (server i uses +i); null: free."
+    )
     landing_check: bool = Field(
         True,
         description="After every push, sample a few probe prompts on every server and stop "

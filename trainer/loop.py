@@ -138,7 +138,9 @@ class Trainer:
                 stale |= {url for url, v in versions.items() if v != expected}
             if not stale:
                 return completions
-            self.log.note(f"stale weights on {sorted(stale)}; pushing version {expected}")
+            self.log.note(
+                f"stale weights on {sorted(stale)}; pushing version {self.weight_version + 1}"
+            )
             self.stale_repushes += 1
             await self.push_weights()
         raise RuntimeError("generation servers keep answering with stale weights")

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     vllm.add_argument("--model", required=True, help="model directory")
     vllm.add_argument("--host", default="127.0.0.1")
-    vllm.add_argument("--port", type=int, default=DEFAULT_PORT)
+    vllm.add_argument("--port", type=int, default=8000, help="default: 8000, vLLM's")
     vllm.add_argument("--dtype", default="float32")
     vllm.add_argument("--max-model-len", type=int, help="default: the model's context length")
     vllm.add_argument(

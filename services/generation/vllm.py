@@ -103,10 +103,14 @@ def vllm_command(
 
 
 def vllm_env(kv_cache_gib: int = 1) -> dict[str, str]:
-    """Environment for the server: dev routes, a small CPU KV cache, no hub access."""
+    """Environment for the server: dev routes, a small CPU KV cache (unless
+    VLLM_CPU_KVCACHE_SPACE is set already), no hub access.
+
+    The dev routes include `/collective_rpc`, which runs any worker method: never expose
+    such a server beyond the trainer's network."""
     return {
         "VLLM_SERVER_DEV_MODE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib)),
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
     }

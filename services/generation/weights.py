@@ -28,6 +28,9 @@ def resolve_weights_path(
         if weights_dir is None:
             raise WeightLoadError(f"{field} must be absolute: {raw!r}")
         path = weights_dir / path
+    if weights_dir is not None and not path.resolve().is_relative_to(weights_dir.resolve()):
+        # With a weights_dir set, nothing outside it is loaded into the served model.
+        raise WeightLoadError(f"{field} must be inside the server's weights_dir")
     if not path.is_dir():
         raise WeightLoadError(f"no such directory: {path}")
     return path

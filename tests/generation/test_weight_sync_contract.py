@@ -131,3 +131,29 @@ async def test_sglang_sequence_and_failure(
 def test_unknown_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="known"):
         build_weight_sync("trt-llm", ["http://x"], weights_dir=tmp_path)  # type: ignore[arg-type]
+
+
+async def test_a_failed_resume_does_not_hide_the_update_error(
+    recorder: tuple[str, list[Call], Any], tmp_path: Path
+) -> None:
+    url, _, replies = recorder
+    replies["/collective_rpc"] = ({"error": "reload failed: bad tensor"}, 500)
+    replies["/resume"] = ({"error": "engine dead"}, 500)
+    sync = build_weight_sync("vllm", [url], weights_dir=tmp_path)
+    with pytest.raises(ServiceError, match="bad tensor"):
+        await sync.push(WEIGHTS, version=1)
+    await sync.aclose()
+
+
+async def test_an_unreachable_server_gets_the_whole_sequence_again(tmp_path: Path) -> None:
+    """Transport errors redo pause -> reload -> version -> resume as a whole, then give up
+    with ServiceUnavailable (a dead port here: nothing ever answers)."""
+    from services.common.http import ServiceUnavailable
+    from services.common.procs import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    policy = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.02)
+    sync = build_weight_sync("vllm", [dead], weights_dir=tmp_path, policy=policy)
+    with pytest.raises(ServiceUnavailable, match="unreachable"):
+        await sync.push(WEIGHTS, version=1)
+    await sync.aclose()

@@ -160,3 +160,17 @@ async def test_adapter_surfaces_server_errors_and_resumes(
     assert failure.value.status == 400
     assert httpx.get(f"{update_server_url}/is_paused").json() == {"is_paused": False}
     await sync.aclose()
+
+
+def test_paths_outside_the_weights_dir_are_refused(tmp_path: Path) -> None:
+    from services.generation.weights import WeightLoadError, resolve_weights_path
+
+    root = tmp_path / "weights"
+    (root / "step-1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert resolve_weights_path(str(root / "step-1"), root) == root / "step-1"
+    assert resolve_weights_path("step-1", root) == root / "step-1"
+    for raw in (str(tmp_path / "elsewhere"), "../elsewhere"):
+        with pytest.raises(WeightLoadError, match="inside the server's weights_dir"):
+            resolve_weights_path(raw, root)
+    assert resolve_weights_path(str(tmp_path / "elsewhere"), None) == tmp_path / "elsewhere"

@@ -135,6 +135,11 @@ class LandingProbe:
                 served = choice.logprobs.token_logprobs if choice.logprobs else []
                 if not ids:
                     continue
+                if len(served) != len(ids):
+                    raise WeightLandingError(
+                        f"{url} returned {len(ids)} token ids but {len(served)} logprobs: "
+                        "the landing check needs `logprobs` and `return_token_ids`"
+                    )
                 ref = reference_logprobs(model, self.prompts[choice.index], ids)
                 diffs += [abs(a - b) for a, b in zip(ref, served, strict=True)]
         finally:

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import torch
 
-from services.common.http import RetryPolicy, ServiceError, request
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, request
 from services.common.procs import free_port
 from services.generation.models import (
     CollectiveRpcRequest,
@@ -71,12 +71,14 @@ class _HttpAdapter:
         self._http = httpx.AsyncClient()
 
     async def _call(
-        self, method: str, url: str, *, control: bool = False, **kwargs: Any
+        self, method: str, url: str, *, control: bool = False, once: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        """One HTTP call; `control` calls retry transport errors only, never a 5xx."""
+        """One HTTP call; `control` calls retry transport errors only, never a 5xx;
+        `once` makes a single attempt."""
         policy = self.policy
         if control:
-            policy = RetryPolicy(policy.attempts, policy.backoff_s, policy.max_backoff_s, False)
+            attempts = 1 if once else policy.attempts
+            policy = RetryPolicy(attempts, policy.backoff_s, policy.max_backoff_s, False)
         return await request(
             self._http, self.service, method, url, policy=policy, timeout=self.timeout, **kwargs
         )
@@ -141,17 +143,32 @@ class VLLMReloadSync(_HttpAdapter):
         await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
 
     async def _update(self, url: str, path: Path, version: int) -> None:
-        async with _Paused(self, url):
-            reload = CollectiveRpcRequest(
-                method="reload_weights", rpc_kwargs={"weights_path": str(path)}
-            )
-            await self._control(url, "/collective_rpc", reload.model_dump())
-            bump = UpdateWeightVersionRequest(new_version=str(version))
-            await self._control(url, "/update_weight_version", bump.model_dump())
+        """Pause, reload, version, resume; on a transport error the whole sequence is redone.
+
+        Redoing only the failed call could label a server that restarted between the
+        reload and the version bump with the new version while it serves its initial
+        weights; redone whole, the reload reaches the new server too.
+        """
+        for attempt in range(self.policy.attempts):
+            try:
+                async with _Paused(self, url):
+                    reload = CollectiveRpcRequest(
+                        method="reload_weights", rpc_kwargs={"weights_path": str(path)}
+                    )
+                    await self._control(url, "/collective_rpc", reload.model_dump())
+                    bump = UpdateWeightVersionRequest(new_version=str(version))
+                    await self._control(url, "/update_weight_version", bump.model_dump())
+                return
+            except ServiceUnavailable:
+                if attempt + 1 == self.policy.attempts:
+                    raise
+                log.warning("%s unreachable during a weight push; redoing it whole", url)
+                await asyncio.sleep(self.policy.delay(attempt))
 
     async def _control(self, url: str, path: str, body: dict[str, Any] | None = None) -> None:
+        """One attempt (the caller redoes the whole sequence); 404/405: a one-line hint."""
         try:
-            await self._call("POST", f"{url}{path}", json=body, control=True)
+            await self._call("POST", f"{url}{path}", json=body, control=True, once=True)
         except ServiceError as exc:
             if exc.status in (404, 405):
                 raise ServiceError(
@@ -175,9 +192,16 @@ class _Paused:
             params = {"mode": self.adapter.pause_mode}
             await self.adapter._call("POST", f"{self.url}/pause", params=params, control=True)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.adapter.pause_mode is not None:
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if self.adapter.pause_mode is None:
+            return
+        try:
             await self.adapter._call("POST", f"{self.url}/resume", control=True)
+        except (ServiceError, ServiceUnavailable) as exc:
+            if kind is None:
+                raise
+            # The update's own error says more than a resume that failed after it.
+            log.warning("resume of %s failed after a failed update: %s", self.url, exc)
 
 
 class VLLMNcclSync(_HttpAdapter):
@@ -296,6 +320,8 @@ def build_weight_sync(
     *,
     weights_dir: Path,
     model_files_from: Path | None = None,
+    nccl_master_address: str | None = None,
+    nccl_master_port: int | None = None,
     timeout: float = 300.0,
     policy: RetryPolicy | None = None,
 ) -> WeightSync:
@@ -306,7 +332,10 @@ def build_weight_sync(
             timeout=timeout, policy=policy,
         )  # fmt: skip
     if kind == "vllm_nccl":
-        return VLLMNcclSync(base_urls, timeout=timeout, policy=policy)
+        return VLLMNcclSync(
+            base_urls, master_address=nccl_master_address, master_port=nccl_master_port,
+            timeout=timeout, policy=policy,
+        )  # fmt: skip
     if kind == "sglang":
         return SGLangDiskSync(
             base_urls, weights_dir=weights_dir, model_files_from=model_files_from,
