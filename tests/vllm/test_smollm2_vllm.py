@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from services.common.procs import free_port
 from services.generation.vllm import start_vllm
 from tests.trainer.test_smollm2 import needs_smollm2, smollm2_config
-from tests.vllm.test_vllm import run_with_vllm
+from tests.vllm.test_vllm import perturbed, run_with_vllm
 from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from trainer.generation.landing import LandingProbe
 from trainer.generation.weight_sync import VLLMReloadSync
@@ -56,14 +56,17 @@ async def test_chat_token_ids_round_trip_and_a_push_lands(
             assert 1 <= len(sample.token_ids) == len(sample.logprobs) <= 32
             decoded = tokenizer.decode(sample.token_ids, skip_special_tokens=True)
             assert decoded.startswith(sample.text)
-    model = AutoModelForCausalLM.from_pretrained(smollm2.model_dir).eval()
+    model = perturbed(smollm2.model_dir, seed=1, scale=0.002).eval()  # not what it serves
     sync = VLLMReloadSync([smollm2_vllm], weights_dir=tmp_path)
     probe = LandingProbe(prompts, tolerance=1e-3, max_tokens=8)
-    await sync.push(model, 1)
-    [report] = await probe.check(model, [smollm2_vllm], 1, step=0)
-    assert report.mean_abs < 1e-3, report
-    await sync.aclose()
-    await probe.aclose()
+    try:
+        await sync.push(model, 1)
+        [report] = await probe.check(model, [smollm2_vllm], 1, step=0)
+        assert report.mean_abs < 1e-3, report
+        assert await sync.current_versions() == {smollm2_vllm: "1"}
+    finally:
+        await sync.aclose()
+        await probe.aclose()
 
 
 def test_two_training_steps_with_vllm(smollm2_vllm: str, tmp_path: Path) -> None:
@@ -72,4 +75,4 @@ def test_two_training_steps_with_vllm(smollm2_vllm: str, tmp_path: Path) -> None
     steps = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]
     assert steps[-1]["rollouts_commit"] == 2 * 2 * 2
-    assert all(r["landing_max_abs"] < 5e-2 for r in steps)
+    assert all(r["landing_max_abs"] < 1e-2 for r in steps)  # every push checked at 1e-3 mean
