@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
+from services.common.errors import install_error_handlers
 from services.common.metrics import instrument
 from services.generation import control, routes
 from services.generation.engine import Engine
@@ -54,6 +55,7 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     instrument(app, "generation", registry)
     _engine_gauges(app, registry)
+    install_error_handlers(app, max_body_bytes=resolved.max_body_bytes)
     app.include_router(routes.router)
     app.include_router(control.router)
 
