@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,14 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         base: float = min(self.max_backoff_s, self.backoff_s * 2**attempt)
         return base * (0.5 + random.random() / 2)
+
+
+def bearer(token: str | None, env: str | None = None) -> dict[str, str]:
+    """The `Authorization: Bearer` header for `token`, or for the environment variable
+    `env` when `token` is None; no header when neither is set (or both are empty)."""
+    if token is None and env is not None:
+        token = os.environ.get(env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _detail(response: httpx.Response) -> Any:

@@ -20,7 +20,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query
 
-from services.generation.deps import EngineDep
+from services.generation.deps import Authorized, EngineDep
 from services.generation.engine import ConflictError
 from services.generation.models import (
     CollectiveRpcRequest,
@@ -44,7 +44,7 @@ from services.generation.weights import (
 )
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["weight transfer (vLLM API)"])
+router = APIRouter(tags=["weight transfer (vLLM API)"], dependencies=Authorized)
 
 
 @router.post("/pause", response_model=StatusMessage, response_model_exclude_none=True)

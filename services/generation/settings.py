@@ -59,6 +59,11 @@ class GenerationSettings(BaseSettings):
         description="Directory that relative `update_info.path` values of `/update_weights` "
         "are resolved against; unset means paths must be absolute, as in vLLM.",
     )
+    token: str | None = Field(
+        default=None,
+        description="When set, every route but `/health` and `/metrics` requires "
+        "`Authorization: Bearer <token>` (401 otherwise); unset: no authentication.",
+    )
     served_model_name: str | None = Field(
         default=None,
         description="Model name in `/v1/models` and responses; defaults to the directory name.",
