@@ -8,17 +8,19 @@ Content-Length or chunked.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.common.errors import install_error_handlers
+from services.common.errors import ErrorBody, ValidationErrorBody, install_error_handlers
 from services.common.procs import ManagedProcess, free_port, start_service
 from trainer.tiny.model import save_random_tiny_model
 
@@ -159,3 +161,114 @@ def test_a_500_closes_the_connection_so_the_next_pooled_request_succeeds() -> No
         server.should_exit = True
         thread.join(timeout=10)
     assert failures == 0, f"{failures}/20 requests after a 500 failed in transport"
+
+
+PATH_VALUES = {"run_id": "conf-run", "plan_id": "p-1", "prompt_id": "3", "step": "0"}
+BAD_PATH_VALUES = {"run_id": "bad id!", "plan_id": "p-1", "prompt_id": "x", "step": "x"}
+BODIES: list[bytes | None] = [None, b"{}", b'{"x": NaN}', b"not json", b"[]", b'{"items": 1}']
+
+
+def check_against_openapi(
+    url: str, probes: list[tuple[str, str, bytes | None]], schema: dict[str, Any]
+) -> tuple[int, list[str], set[int]]:
+    """Send each probe; return how many, the answers the OpenAPI does not describe (status
+    not listed, or an error body that is not the listed model) and the statuses seen."""
+    violations, seen = [], set()
+    for method, (template, target), body in probes:
+        op = schema["paths"][template][method.lower()]
+        response = httpx.request(method, f"{url}{target}", content=body, headers=JSON, timeout=30)
+        seen.add(response.status_code)
+        where = f"{method} {target} {body!r} -> {response.status_code}"
+        documented = op["responses"].get(str(response.status_code))
+        if documented is None:
+            violations.append(f"{where}: status not in the OpenAPI")
+            continue
+        if response.status_code >= 400:
+            model = ValidationErrorBody if response.status_code == 422 else ErrorBody
+            ref = documented.get("content", {}).get("application/json", {}).get("schema", {})
+            if ref.get("$ref") != f"#/components/schemas/{model.__name__}":
+                violations.append(f"{where}: documented as {ref}, not {model.__name__}")
+            try:
+                model.model_validate(response.json())
+            except ValueError as exc:
+                violations.append(
+                    f"{where}: body {response.text[:120]!r} is not {model.__name__}: {exc}"
+                )
+    return len(probes), violations, seen
+
+
+def probes_for(schema: dict[str, Any], extra: list[tuple[str, str, str, bytes | None]]) -> list[
+    tuple[str, tuple[str, str], bytes | None]
+]:  # fmt: skip
+    """Every operation with good and bad path values, times every body in BODIES, then
+    `extra` (method, template, target, body) probes that reach the routes' own checks."""
+    probes = []
+    for template, operations in schema["paths"].items():
+        for method in operations:
+            targets = {template.format(**PATH_VALUES), template.format(**BAD_PATH_VALUES)}
+            for target in sorted(targets):
+                probes += [(method.upper(), (template, target), body) for body in BODIES]
+    probes += [(method, (template, target), body) for method, template, target, body in extra]
+    return probes
+
+
+PC = {"strategy": "pilot_commit", "train_batch_size": 2, "gen_batch_size": 6, "n_pilot": 4,
+      "n_commit": 4, "p_lower": 0.25, "p_upper": 0.25, "exclude_threshold": 1.0}  # fmt: skip
+SPEC = json.dumps({"num_prompts": 30, "config": PC}).encode()
+EXTRA = {
+    "allocator": [
+        ("PUT", "/v1/runs/{run_id}", "/v1/runs/conf-run", SPEC),
+        ("PUT", "/v1/runs/{run_id}", "/v1/runs/conf-run", SPEC.replace(b"30", b"31")),
+        ("POST", "/v1/runs/{run_id}/plan", "/v1/runs/conf-run/plan", b'{"request_id": "r1"}'),
+        ("POST", "/v1/runs/{run_id}/plans/{plan_id}/results",
+         "/v1/runs/conf-run/plans/p-1/results", b'{"rewards": [[1, 0]]}'),
+        ("GET", "/v1/runs/{run_id}/prompts/{prompt_id}", "/v1/runs/conf-run/prompts/99", None),
+        ("POST", "/v1/runs/{run_id}/steps/{step}/complete", "/v1/runs/conf-run/steps/7/complete",
+         None),
+        ("POST", "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
+         "/v1/runs/conf-run/prompts/3/evidence", b'{"evidence_id": "e", "rewards": [2]}'),
+    ],
+    "verifier": [
+        ("POST", "/v1/score", "/v1/score", b'{"items": [{"response": "x", "reference": "1"}]}'),
+        ("POST", "/v1/score", "/v1/score",
+         json.dumps({"items": [{"response": "1", "reference": "1"}] * 600}).encode()),
+    ],
+    "generation": [
+        ("POST", "/v1/completions", "/v1/completions", b'{"prompt": [5, 99999]}'),
+        ("POST", "/v1/completions", "/v1/completions", b'{"prompt": "1", "model": "nope"}'),
+        ("POST", "/update_weights", "/update_weights", b'{"update_info": {"path": "/nope"}}'),
+        ("POST", "/finish_weight_update", "/finish_weight_update", b'{"weight_version": "9"}'),
+        ("POST", "/collective_rpc", "/collective_rpc", b'{"method": "sleep"}'),
+        ("POST", "/init_weight_transfer_engine", "/init_weight_transfer_engine",
+         b'{"init_info": {"backend": "nccl"}}'),
+        ("POST", "/pause", "/pause?mode=sleep", None),
+        ("POST", "/resume", "/resume", None),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("service", ["allocator", "verifier", "generation"])
+def test_every_answer_is_described_by_the_openapi(
+    services: dict[str, tuple[str, ManagedProcess]], service: str
+) -> None:
+    """Statuses and error bodies of many good and bad requests against each operation's
+    OpenAPI entry (schemathesis is not installed here; this is its core check)."""
+    url, _ = services[service]
+    schema = httpx.get(f"{url}/openapi.json").json()
+    extra = list(EXTRA[service])
+    if service == "allocator":  # a real plan, to reach the store's own checks
+        assert httpx.put(f"{url}/v1/runs/plan-run", content=SPEC, headers=JSON).is_success
+        plan = httpx.post(f"{url}/v1/runs/plan-run/plan", json={"request_id": "r"}).json()
+        results = f"/v1/runs/plan-run/plans/{plan['plan_id']}/results"
+        template = "/v1/runs/{run_id}/plans/{plan_id}/results"
+        wrong_size = json.dumps({"rewards": [[1.0] * 3 for _ in plan["items"]]}).encode()
+        extra += [("POST", template, results, wrong_size)]
+    for operations in schema["paths"].values():
+        for op in operations.values():
+            assert {"413", "500"} <= set(op["responses"]), op.get("operationId")
+    probes = probes_for(schema, extra)
+    sent, violations, seen = check_against_openapi(url, probes, schema)
+    httpx.post(f"{url}/resume")  # the probes paused the generation server
+    print(f"{service}: {len(schema['paths'])} paths, {sent} requests, statuses {sorted(seen)}, "
+          f"{len(violations)} not described")  # fmt: skip
+    assert not violations, "\n".join(violations[:20])

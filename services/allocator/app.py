@@ -24,7 +24,7 @@ from services.allocator import models as m
 from services.allocator.core import AllocationError
 from services.allocator.settings import AllocatorSettings, get_settings
 from services.allocator.store import AllocatorStore, Conflict, Invalid, NotFound
-from services.common.errors import install_error_handlers
+from services.common.errors import document_errors, install_error_handlers, invalid
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
@@ -90,6 +90,7 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     _add_error_handlers(app)
     install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
     _add_routes(app)
+    document_errors(app, _error_codes)
     return app
 
 
@@ -103,13 +104,25 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, handler(404))
     app.add_exception_handler(Conflict, handler(409))
     app.add_exception_handler(AllocationError, handler(409))
-    app.add_exception_handler(Invalid, handler(422))
+
+    async def invalid_input(_: Request, exc: Exception) -> JSONResponse:
+        return invalid(str(exc))
+
+    app.add_exception_handler(Invalid, invalid_input)
 
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
 
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
+
+
+def _error_codes(method: str, path: str) -> list[int]:
+    """The statuses of the handlers above, per route, for the OpenAPI (document_errors)."""
+    codes = [] if path == "/health" else [503]
+    if "{run_id}" in path:
+        codes += [404] if method == "GET" else [404, 409]
+    return codes
 
 
 def _add_routes(app: FastAPI) -> None:

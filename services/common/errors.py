@@ -18,12 +18,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CLOSE = {"Connection": "close"}
+
+
+class ErrorDetail(BaseModel):
+    """One failed check of a 422: where (`loc`), why (`msg`) and its kind (`type`)."""
+
+    loc: list[str | int] = Field(description="Path of the bad value, e.g. ['body', 'n'].")
+    msg: str = Field(description="Why it was refused.")
+    type: str = Field(description="The kind of error, e.g. 'greater_than_equal'.")
+
+
+class ValidationErrorBody(BaseModel):
+    """Body of every 422 answer."""
+
+    detail: list[ErrorDetail] = Field(description="Each failed check.")
+
+
+class ErrorBody(BaseModel):
+    """Body of every other error answer (4xx, 5xx)."""
+
+    detail: str = Field(description="The reason, in words.")
+
+
+def invalid(msg: str, loc: Iterable[str | int] = ("body",)) -> JSONResponse:
+    """A 422 in the shared shape for a check made after validation (e.g. by a store)."""
+    detail = [{"loc": list(loc), "msg": msg, "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def body_too_large(limit: int, received: int | None = None) -> JSONResponse:
@@ -107,7 +138,7 @@ async def _drain(receive: Receive, limit: int) -> None:
 def install_error_handlers(app: FastAPI, *, max_body_bytes: int) -> None:
     """The shared 422, 413 and 500 answers (see the module docstring) on `app`."""
 
-    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         detail = [
             {"loc": list(err.get("loc", ())), "msg": str(err.get("msg")), "type": err.get("type")}
@@ -119,6 +150,48 @@ def install_error_handlers(app: FastAPI, *, max_body_bytes: int) -> None:
         detail = f"internal server error ({type(exc).__name__})"
         return JSONResponse({"detail": detail}, status_code=500, headers=CLOSE)
 
-    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, crashed)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+
+
+def document_errors(app: FastAPI, codes: Callable[[str, str], Iterable[int]]) -> None:
+    """Make `app`'s OpenAPI list every status each operation can answer, with its body.
+
+    Every operation: 413 (the body limit applies to any request) and 500; with parameters
+    or a body: 422 (`ValidationErrorBody`, replacing FastAPI's schema, whose `input` this
+    service never sends); with a bearer-token dependency: 401; plus `codes(METHOD, path)`,
+    the statuses of the service's own checks. Error bodies are `ErrorBody` but for 422.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ErrorBody, ValidationErrorBody):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas[model.__name__] = body
+        for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's, replaced
+            schemas.pop(unused, None)
+        for path, operations in schema.get("paths", {}).items():
+            for method, op in operations.items():
+                wanted = {413, 500} | set(codes(method.upper(), path))
+                if op.get("parameters") or op.get("requestBody"):
+                    wanted.add(422)
+                if op.get("security"):
+                    wanted.add(401)
+                responses = op.setdefault("responses", {})
+                for code in sorted(wanted):
+                    model = ValidationErrorBody if code == 422 else ErrorBody
+                    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+                    responses[str(code)] = {
+                        "description": HTTPStatus(code).phrase,
+                        "content": {"application/json": {"schema": ref}},
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
-from services.common.errors import install_error_handlers
+from services.common.errors import document_errors, install_error_handlers
 from services.common.metrics import instrument
 from services.generation import control, routes
 from services.generation.engine import Engine
@@ -34,6 +34,22 @@ def _engine_gauges(app: FastAPI, registry: CollectorRegistry) -> None:
     served = Gauge("generation_batched_requests", "Requests served so far.", registry=registry)
     batches.set_function(engine_value(lambda e: float(e.batches)))
     served.set_function(engine_value(lambda e: float(e.batched_requests)))
+
+
+# Statuses the routes raise themselves, for the OpenAPI (document_errors adds 401, 413, 422
+# and 500 where they apply).
+_ROUTE_ERRORS = {
+    "/v1/completions": [400, 404],
+    "/collective_rpc": [400, 409],
+    "/init_weight_transfer_engine": [400],
+    "/update_weights": [400, 409],
+    "/finish_weight_update": [409],
+}
+_NO_ENGINE = {"/get_world_size", "/init_weight_transfer_engine"}  # the rest 503 while loading
+
+
+def _error_codes(method: str, path: str) -> list[int]:
+    return _ROUTE_ERRORS.get(path, []) + ([] if path in _NO_ENGINE else [503])
 
 
 def create_app(settings: GenerationSettings | None = None) -> FastAPI:
@@ -58,5 +74,6 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     install_error_handlers(app, max_body_bytes=resolved.max_body_bytes)
     app.include_router(routes.router)
     app.include_router(control.router)
+    document_errors(app, _error_codes)
 
     return app

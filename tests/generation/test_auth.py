@@ -36,6 +36,8 @@ def test_every_route_but_health_and_metrics_needs_the_token(server: str) -> None
     schema = httpx.get(f"{server}/openapi.json").json()
     routes = [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops if p != "/health"]
     assert ("POST", "/update_weights") in routes and ("POST", "/v1/completions") in routes
+    for path, operations in schema["paths"].items():  # and the OpenAPI says so
+        assert all("401" in op["responses"] for op in operations.values()) == (path != "/health")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         for method, path in routes:
             body = {} if method == "POST" else None
