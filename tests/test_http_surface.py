@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common.errors import ErrorBody, ValidationErrorBody, install_error_handlers
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, request
 from services.common.procs import ManagedProcess, free_port, start_service
 from trainer.tiny.model import save_random_tiny_model
 
@@ -161,6 +162,38 @@ def test_a_500_closes_the_connection_so_the_next_pooled_request_succeeds() -> No
         server.should_exit = True
         thread.join(timeout=10)
     assert failures == 0, f"{failures}/20 requests after a 500 failed in transport"
+
+
+async def test_clients_survive_a_server_that_drops_the_connection_after_a_500() -> None:
+    """A server without the shared handler (vLLM, SGLang: uvicorn too) closes the
+    connection after an unhandled error without `Connection: close`; the shared client
+    retries such a call once at once on a new connection, even with a single attempt."""
+    app = FastAPI()  # Starlette's own 500, no Connection: close
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/ok")
+    async def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    server, thread, url = serve_in_thread(app)
+    once = RetryPolicy(attempts=1)
+    failures = 0
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(200):
+                with pytest.raises(ServiceError):
+                    await request(client, "test", "GET", "/boom", policy=once, timeout=10)
+                try:
+                    await request(client, "test", "GET", "/ok", policy=once, timeout=10)
+                except ServiceUnavailable:
+                    failures += 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert failures == 0, f"{failures}/200 calls after a 500 failed in transport"
 
 
 PATH_VALUES = {"run_id": "conf-run", "plan_id": "p-1", "prompt_id": "3", "step": "0"}
