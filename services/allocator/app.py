@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter
@@ -24,7 +24,7 @@ from services.allocator import models as m
 from services.allocator.core import AllocationError
 from services.allocator.settings import AllocatorSettings, get_settings
 from services.allocator.store import AllocatorStore, Conflict, Invalid, NotFound
-from services.common.errors import install_validation_handler
+from services.common.errors import document_errors, install_error_handlers, invalid
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
@@ -88,8 +88,9 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     instrument(app, "allocator", registry)
     app.state.rewards_total = Counter("allocator_rewards", "Rewards ingested.", registry=registry)
     _add_error_handlers(app)
-    _add_body_limit(app, settings.max_body_bytes)
+    install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
     _add_routes(app)
+    document_errors(app, _error_codes)
     return app
 
 
@@ -103,8 +104,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, handler(404))
     app.add_exception_handler(Conflict, handler(409))
     app.add_exception_handler(AllocationError, handler(409))
-    app.add_exception_handler(Invalid, handler(422))
-    install_validation_handler(app)
+
+    async def invalid_input(_: Request, exc: Exception) -> JSONResponse:
+        return invalid(str(exc))
+
+    app.add_exception_handler(Invalid, invalid_input)
 
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
@@ -113,18 +117,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisTimeoutError, redis_down)
 
 
-def _add_body_limit(app: FastAPI, limit: int) -> None:
-    @app.middleware("http")
-    async def body_limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds the limit of {limit}"},
-                status_code=413,
-            )
-        return await call_next(request)
+def _error_codes(method: str, path: str) -> list[int]:
+    """The statuses of the handlers above, per route, for the OpenAPI (document_errors)."""
+    codes = [] if path == "/health" else [503]
+    if "{run_id}" in path:
+        codes += [404] if method == "GET" else [404, 409]
+    return codes
 
 
 def _add_routes(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,14 @@ class RetryPolicy:
         return base * (0.5 + random.random() / 2)
 
 
+def bearer(token: str | None, env: str | None = None) -> dict[str, str]:
+    """The `Authorization: Bearer` header for `token`, or for the environment variable
+    `env` when `token` is None; no header when neither is set (or both are empty)."""
+    if token is None and env is not None:
+        token = os.environ.get(env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _detail(response: httpx.Response) -> Any:
     try:
         body = response.json()
@@ -69,13 +78,32 @@ async def request(
     params: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> httpx.Response:
-    """Send one request with retries; return the 2xx response or raise ServiceError."""
+    """Send one request with retries; return the 2xx response or raise ServiceError
+    (an answer >= 400 that is not retried, or the last 5xx) or ServiceUnavailable (no
+    answer after `policy.attempts` attempts). A server that closed a pooled connection
+    costs one extra immediate try on a new connection, not an attempt."""
     last_error: Exception | None = None
+    fresh_retry = True
     for attempt in range(policy.attempts):
         try:
-            response = await client.request(
-                method, url, json=json, params=params, headers=headers, timeout=timeout
-            )
+            try:
+                response = await client.request(
+                    method, url, json=json, params=params, headers=headers, timeout=timeout
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if not fresh_retry:
+                    raise
+                # The connection broke before an answer: typically a pooled one the server
+                # had closed (uvicorn drops it after an unhandled error without saying so;
+                # the next request then reads a reset or an empty answer). Once per call,
+                # retried at once on a new connection and not counted as an attempt. Every
+                # call of this project is safe to repeat (idempotency keys, idempotent
+                # control calls).
+                fresh_retry = False
+                log.info("%s %s %s: %s; retrying on a new connection", service, method, url, exc)
+                response = await client.request(
+                    method, url, json=json, params=params, headers=headers, timeout=timeout
+                )
         except httpx.TransportError as exc:
             last_error = exc
             log.warning("%s %s %s failed (%s); attempt %d", service, method, url, exc, attempt + 1)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
+from services.common.errors import document_errors, install_error_handlers
 from services.common.metrics import instrument
 from services.generation import control, routes
 from services.generation.engine import Engine
@@ -35,6 +36,22 @@ def _engine_gauges(app: FastAPI, registry: CollectorRegistry) -> None:
     served.set_function(engine_value(lambda e: float(e.batched_requests)))
 
 
+# Statuses the routes raise themselves, for the OpenAPI (document_errors adds 401, 413, 422
+# and 500 where they apply).
+_ROUTE_ERRORS = {
+    "/v1/completions": [400, 404],
+    "/collective_rpc": [400, 409],
+    "/init_weight_transfer_engine": [400],
+    "/update_weights": [400, 409],
+    "/finish_weight_update": [409],
+}
+_NO_ENGINE = {"/get_world_size", "/init_weight_transfer_engine"}  # the rest 503 while loading
+
+
+def _error_codes(method: str, path: str) -> list[int]:
+    return _ROUTE_ERRORS.get(path, []) + ([] if path in _NO_ENGINE else [503])
+
+
 def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     """The app; the engine starts with the server and stops with it."""
     resolved = settings or get_settings()
@@ -54,7 +71,9 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     instrument(app, "generation", registry)
     _engine_gauges(app, registry)
+    install_error_handlers(app, max_body_bytes=resolved.max_body_bytes)
     app.include_router(routes.router)
     app.include_router(control.router)
+    document_errors(app, _error_codes)
 
     return app

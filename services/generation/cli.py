@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-wait-ms", type=float)
     serve.add_argument("--weights-dir", help="base of relative update_info.path values")
     serve.add_argument("--served-model-name")
+    serve.add_argument(
+        "--api-key", dest="token", help="bearer token every route but /health and /metrics "
+        "requires (PC_GENERATION_TOKEN)"
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     vllm = sub.add_parser(
         "vllm", help="run vLLM's OpenAI server (its own venv) as the generation server"
@@ -39,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     vllm.add_argument(
         "--compile", action="store_true", help="let vLLM compile (slower start) instead of eager"
     )
+    vllm.add_argument(
+        "--api-key", help="vLLM's --api-key, passed as VLLM_API_KEY (default: "
+        "PC_GENERATION_TOKEN); vLLM 0.32 checks it on /v1/* only, not on the control routes"
+    )  # fmt: skip
     vllm.add_argument(
         "--workdir", default="runs/vllm", help="where the served (untied) model copy is written"
     )
@@ -68,12 +76,16 @@ def run_vllm(args: argparse.Namespace) -> int:
         python, served, port=args.port, host=args.host, dtype=args.dtype,
         max_model_len=args.max_model_len, enforce_eager=not args.compile,
     )  # fmt: skip
-    os.execve(python, argv, {**os.environ, **vllm_env()})
+    env = {**os.environ, **vllm_env()}
+    api_key = args.api_key or os.environ.get("PC_GENERATION_TOKEN")
+    if api_key:  # in the environment, not on the command line that `ps` shows
+        env["VLLM_API_KEY"] = api_key
+    os.execve(python, argv, env)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["model", "device", "dtype", "max_batch_size", "batch_window_ms"]
-    names += ["max_batch_wait_ms", "weights_dir", "served_model_name"]
+    names += ["max_batch_wait_ms", "weights_dir", "served_model_name", "token"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -20,7 +20,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query
 
-from services.generation.deps import EngineDep
+from services.generation.deps import Authorized, EngineDep
 from services.generation.engine import ConflictError
 from services.generation.models import (
     CollectiveRpcRequest,
@@ -44,7 +44,7 @@ from services.generation.weights import (
 )
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["weight transfer (vLLM API)"])
+router = APIRouter(tags=["weight transfer (vLLM API)"], dependencies=Authorized)
 
 
 @router.post("/pause", response_model=StatusMessage, response_model_exclude_none=True)
@@ -77,10 +77,11 @@ async def collective_rpc(body: CollectiveRpcRequest, engine: EngineDep) -> Colle
             400, f"the embedded server runs only method 'reload_weights', not {body.method!r}"
         )
     try:
+        weights_dir = engine.settings.weights_dir
         path = resolve_weights_path(
-            body.rpc_kwargs.get("weights_path"), engine.settings.weights_dir, "kwargs.weights_path"
+            body.rpc_kwargs.get("weights_path"), weights_dir, "kwargs.weights_path"
         )
-        tensors = await asyncio.to_thread(read_safetensors_dir, path)
+        tensors = await asyncio.to_thread(read_safetensors_dir, path, weights_dir)
         await asyncio.to_thread(engine.reload_weights, tensors)
     except WeightLoadError as exc:
         raise HTTPException(400, str(exc)) from exc
@@ -107,18 +108,24 @@ async def start_weight_update(
     engine: EngineDep,
     body: Annotated[StartWeightUpdateRequest | None, Body()] = None,
 ) -> StatusMessage:
-    engine.start_weight_update()
+    await asyncio.to_thread(engine.start_weight_update)
     return StatusMessage(message="Weight update started")
 
 
 @router.post("/update_weights", response_model=StatusMessage, response_model_exclude_none=True)
 async def update_weights(body: UpdateWeightsRequest, engine: EngineDep) -> StatusMessage:
-    """Read and check a safetensors directory; it is applied at `/finish_weight_update`."""
+    """Read and check a safetensors directory; it is applied at `/finish_weight_update`.
+
+    400 when it cannot be loaded; that also fails the session, so its finish answers 409
+    and commits nothing.
+    """
+    weights_dir = engine.settings.weights_dir
     try:
-        path = resolve_weights_path(body.update_info.get("path"), engine.settings.weights_dir)
-        tensors = await asyncio.to_thread(read_safetensors_dir, path)
-        count = engine.stage_weights(tensors)
+        path = resolve_weights_path(body.update_info.get("path"), weights_dir)
+        tensors = await asyncio.to_thread(read_safetensors_dir, path, weights_dir)
+        count = await asyncio.to_thread(engine.stage_weights, tensors)
     except WeightLoadError as exc:
+        await asyncio.to_thread(engine.fail_weight_update, str(exc))
         raise HTTPException(400, str(exc)) from exc
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
@@ -132,7 +139,11 @@ async def finish_weight_update(
     engine: EngineDep,
     body: Annotated[FinishWeightUpdateRequest | None, Body()] = None,
 ) -> StatusMessage:
-    """Swap the staged weights in between two decoding steps and commit the version."""
+    """Swap the staged weights in between two decoding steps and commit the version.
+
+    Safe to retry: finishing again with the version just committed answers 200 and
+    changes nothing. 409 outside a session or after a failed `/update_weights`.
+    """
     version = body.weight_version if body is not None else None
     try:
         held = await asyncio.to_thread(engine.finish_weight_update, version)
@@ -145,7 +156,7 @@ async def finish_weight_update(
 async def update_weight_version(
     body: UpdateWeightVersionRequest, engine: EngineDep
 ) -> UpdateWeightVersionResponse:
-    engine.weight_version = body.new_version
+    await asyncio.to_thread(engine.set_weight_version, body.new_version)
     return UpdateWeightVersionResponse(success=True, new_version=body.new_version)
 
 

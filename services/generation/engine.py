@@ -26,7 +26,7 @@ from services.generation.gate import DecodeGate
 from services.generation.models import FinishReason
 from services.generation.sampling import find_stop, raw_logprobs, sample_tokens
 from services.generation.settings import GenerationSettings
-from services.generation.weights import check_against, copy_into
+from services.generation.weights import WeightLoadError, check_against, copy_into
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,11 @@ class Engine:
         self.batches = 0  # batches decoded and requests served: how well batching works
         self.batched_requests = 0
         self.gate = DecodeGate()
+        # The weight-update session; control calls run in worker threads, so one lock.
+        self._session_lock = threading.Lock()
         self._staged: dict[str, torch.Tensor] | None = None
+        self._failed: str | None = None  # why the last session failed, until the next start
+        self._finished: str | None = None  # the version the last session committed
         self._shared_gen = torch.Generator(self.device)
         self._shared_gen.manual_seed(settings.seed if settings.seed is not None else time.time_ns())
         self._queue: queue.Queue[Job] = queue.Queue()
@@ -365,40 +369,87 @@ class Engine:
 
     def start_weight_update(self) -> None:
         """Open an update session; a second start discards what the first staged."""
-        self._staged = {}
+        with self._session_lock:
+            self._staged, self._failed = {}, None
 
     def stage_weights(self, tensors: dict[str, torch.Tensor]) -> int:
-        """Check and keep `tensors` until `finish_weight_update`; returns how many."""
-        if self._staged is None:
-            raise ConflictError("no weight update in progress: call /start_weight_update first")
-        self._staged.update(check_against(tensors, self.params))
-        return len(tensors)
+        """Check, convert and keep `tensors` until `finish_weight_update`; returns how many.
+
+        Raises ConflictError outside a session, WeightLoadError for tensors that do not
+        fit (see `check_against`); the latter also fails the session (`fail_weight_update`).
+        """
+        with self._session_lock:
+            if self._staged is None:
+                raise ConflictError(self._no_session())
+            try:
+                checked = check_against(tensors, self.params)
+            except WeightLoadError as exc:
+                self._fail(str(exc))
+                raise
+            self._staged.update(checked)
+            return len(tensors)
+
+    def fail_weight_update(self, reason: str) -> None:
+        """End the open session without committing: its finish answers 409 with `reason`."""
+        with self._session_lock:
+            if self._staged is not None:
+                self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        self._staged, self._failed = None, reason
+
+    def _no_session(self) -> str:
+        if self._failed is not None:
+            return (
+                f"the weight update failed ({self._failed}); nothing was committed: "
+                "call /start_weight_update again"
+            )
+        return "no weight update in progress: call /start_weight_update first"
 
     def finish_weight_update(self, version: str | None) -> float:
-        """Swap the staged tensors in between two decoding steps; returns seconds held."""
-        if self._staged is None:
-            raise ConflictError("no weight update in progress: call /start_weight_update first")
-        new_version = version if version is not None else self._next_version()
-        staged = {
-            name: t.to(device=self.device, dtype=self.params[name].dtype)
-            for name, t in self._staged.items()
-        }
-        with self.gate.exclusive():
-            began = time.perf_counter()
-            copy_into(staged, self.params)
-            self.weight_version = new_version
-            self.weight_updates += 1
-            held = time.perf_counter() - began
-        self._staged = None
+        """Swap the staged tensors in between two decoding steps; returns seconds held.
+
+        Finishing again with the version the last session committed (a retry whose first
+        answer was lost) changes nothing and returns 0.0. Raises ConflictError outside a
+        session, after a failed `update_weights`, and when no version is given and the
+        current one is not an integer.
+        """
+        with self._session_lock:
+            if self._staged is None:
+                if version is not None and version == self._finished == self.weight_version:
+                    return 0.0
+                raise ConflictError(self._no_session())
+            new_version = version if version is not None else self._next_version()
+            staged = self._staged
+            with self.gate.exclusive():
+                began = time.perf_counter()
+                copy_into(staged, self.params)
+                self.weight_version = new_version
+                self.weight_updates += 1
+                held = time.perf_counter() - began
+            self._staged, self._finished = None, new_version
         log.info("weights updated to version %s (%d tensors)", new_version, len(staged))
         return held
 
     def reload_weights(self, tensors: dict[str, torch.Tensor]) -> float:
         """vLLM's in-place reload: check, then swap between two decoding steps, keeping the
-        reported version (the caller sets it with `/update_weight_version`)."""
-        self.start_weight_update()
-        self.stage_weights(tensors)
-        return self.finish_weight_update(self.weight_version)
+        reported version (the caller sets it with `/update_weight_version`). Raises
+        WeightLoadError (weights unchanged); a staged session is left as it is."""
+        with self._session_lock:
+            checked = check_against(tensors, self.params)
+            with self.gate.exclusive():
+                began = time.perf_counter()
+                copy_into(checked, self.params)
+                self.weight_updates += 1
+                held = time.perf_counter() - began
+        log.info("weights reloaded (%d tensors), version %s", len(checked), self.weight_version)
+        return held
+
+    def set_weight_version(self, version: str) -> None:
+        """Report `version` from now on (weights unchanged); set between two decoding steps,
+        so a response's `weight_version` always names the weights of its steps."""
+        with self._session_lock, self.gate.exclusive():
+            self.weight_version = version
 
     def _next_version(self) -> str:
         current = self.weight_version

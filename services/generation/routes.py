@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException
 
 from services.generation.completions import build_response, build_specs, tokenize_prompts
-from services.generation.deps import EngineDep
+from services.generation.deps import Authorized, EngineDep
 from services.generation.models import (
     CompletionRequest,
     CompletionResponse,
@@ -19,7 +19,7 @@ from services.generation.models import (
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post("/v1/completions", response_model=CompletionResponse, dependencies=Authorized)
 async def create_completion(request: CompletionRequest, engine: EngineDep) -> CompletionResponse:
     """Sample `n` completions per prompt; batched with every other request in flight."""
     if request.model is not None and request.model != engine.name:
@@ -37,7 +37,7 @@ async def create_completion(request: CompletionRequest, engine: EngineDep) -> Co
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, dependencies=Authorized)
 async def list_models(engine: EngineDep) -> ModelList:
     return ModelList(data=[ModelCard(id=engine.name, max_model_len=engine.max_model_len)])
 

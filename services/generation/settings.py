@@ -48,10 +48,21 @@ class GenerationSettings(BaseSettings):
         le=10000.0,
         description="Longest the batcher waits after a batch's first request.",
     )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Larger request bodies are refused with 413, counted as they arrive "
+        "(chunked bodies too).",
+    )
     weights_dir: Path | None = Field(
         default=None,
         description="Directory that relative `update_info.path` values of `/update_weights` "
         "are resolved against; unset means paths must be absolute, as in vLLM.",
+    )
+    token: str | None = Field(
+        default=None,
+        description="When set, every route but `/health` and `/metrics` requires "
+        "`Authorization: Bearer <token>` (401 otherwise); unset: no authentication.",
     )
     served_model_name: str | None = Field(
         default=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 
@@ -36,24 +37,39 @@ def resolve_weights_path(
     return path
 
 
-def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every `*.safetensors` file in `path`."""
+def read_safetensors_dir(path: Path, weights_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of every `*.safetensors` file in `path`.
+
+    With `weights_dir` set, a file that resolves outside it (a symlink out) is refused.
+    A file safetensors cannot read (truncated, garbage, a header length past the file)
+    raises `WeightLoadError` naming it, as does a directory without any such file.
+    """
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise WeightLoadError(f"no .safetensors files in {path}")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
-        tensors.update(load_file(str(file)))
+        if weights_dir is not None and not file.resolve().is_relative_to(weights_dir.resolve()):
+            raise WeightLoadError(f"{file.name} links outside the server's weights_dir")
+        try:
+            tensors.update(load_file(str(file)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightLoadError(f"{file.name} is not a readable safetensors file: {exc}") from exc
     return tensors
 
 
 def check_against(
     tensors: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Keep `tensors` if every name and shape exists in `targets`; raise naming the first not.
+    """`tensors` converted to their targets' dtype and device, if every one fits.
 
-    A partial set is allowed (chunked updates); unknown names or wrong shapes are not.
+    Raises `WeightLoadError` naming the first tensor whose name is not in `targets`, whose
+    shape differs, whose dtype is not floating point where the target's is (an int or
+    bool tensor would be cast silently), or that holds NaN or infinities, before or after
+    the conversion (a float32 value past float16's range becomes inf). A partial set is
+    allowed (chunked updates).
     """
+    converted: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         target = targets.get(name)
         if target is None:
@@ -62,11 +78,20 @@ def check_against(
             raise WeightLoadError(
                 f"shape of {name!r} is {tuple(tensor.shape)}, model has {tuple(target.shape)}"
             )
-    return tensors
+        if target.is_floating_point() and not tensor.is_floating_point():
+            raise WeightLoadError(
+                f"dtype of {name!r} is {tensor.dtype}, model has {target.dtype}: "
+                "only floating-point values are loaded"
+            )
+        cast = tensor.to(device=target.device, dtype=target.dtype)
+        if cast.is_floating_point() and not bool(torch.isfinite(cast).all()):
+            raise WeightLoadError(f"{name!r} holds NaN or infinite values (as {target.dtype})")
+        converted[name] = cast
+    return converted
 
 
 @torch.no_grad()
 def copy_into(tensors: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> None:
-    """Copy in place, converting dtype and device: no reallocation, no model rebuild."""
+    """Copy in place (no reallocation, no model rebuild); `tensors` come from `check_against`."""
     for name, tensor in tensors.items():
         targets[name].copy_(tensor)

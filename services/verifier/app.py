@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common.errors import document_errors, install_error_handlers
 from services.common.metrics import instrument
 from services.verifier.models import HealthResponse, ScoreRequest, ScoreResponse
 from services.verifier.pool import WorkerPool
@@ -105,5 +106,7 @@ def create_app(settings: VerifierSettings | None = None) -> FastAPI:
     registry = CollectorRegistry()
     instrument(app, "verifier", registry)
     app.state.metrics = _Metrics(registry, app)
+    install_error_handlers(app, max_body_bytes=(settings or get_settings()).max_body_bytes)
     _routes(app)
+    document_errors(app, lambda method, path: ())  # 413 of check_limits: on every route
     return app

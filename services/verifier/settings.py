@@ -20,6 +20,10 @@ class VerifierSettings(BaseSettings):
         default=2_000_000, ge=100, description="Most characters in one response or reference "
         "(far above any real completion; a 1 MB runaway response is still scored)."
     )  # fmt: skip
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Larger request bodies are refused "
+        "with 413, counted as they arrive (chunked bodies too)."
+    )  # fmt: skip
     timeout_s: float = Field(
         default=2.0, gt=0, le=120, description="Hard limit of one symbolic check (the worker "
         "running it is killed past it)."

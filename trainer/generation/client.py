@@ -18,11 +18,14 @@ from types import TracebackType
 
 import httpx
 
-from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, request
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, bearer, request
 from services.generation.models import CompletionChoice, CompletionResponse, ModelList
 
 # Where each server kind reports its weight version: vLLM (and the embedded server), SGLang.
 VERSION_PATHS = ("/weight_info", "/model_info")
+# The generation servers' bearer token when none is passed: the embedded server's
+# PC_GENERATION_TOKEN, which is also vLLM's --api-key (services/generation/cli.py).
+TOKEN_ENV = "PC_GENERATION_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -131,13 +134,18 @@ def chunk_seed(seed: int, first_index: int) -> int:
 
 
 class GenerationClient:
-    """Balances `/v1/completions` calls over several servers by outstanding requests."""
+    """Balances `/v1/completions` calls over several servers by outstanding requests.
+
+    `token` is sent as `Authorization: Bearer` on every call; None reads
+    PC_GENERATION_TOKEN (unset: no header).
+    """
 
     def __init__(
         self,
         base_urls: list[str],
         *,
         model: str | None = None,
+        token: str | None = None,
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
         max_prompts_per_request: int = 32,
@@ -153,7 +161,9 @@ class GenerationClient:
         self.max_sequences = max_sequences_per_request
         self.outstanding = dict.fromkeys(self.base_urls, 0)
         self._tie_break = itertools.count()
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=256), headers=bearer(token, TOKEN_ENV)
+        )
 
     async def __aenter__(self) -> GenerationClient:
         return self

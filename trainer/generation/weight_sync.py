@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import torch
 
-from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, request
+from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, bearer, request
 from services.common.procs import free_port
 from services.generation.models import (
     CollectiveRpcRequest,
@@ -37,7 +37,7 @@ from services.generation.models import (
     WorldSize,
 )
 from trainer.generation.checkpoint import Weights, prune_checkpoints, write_checkpoint
-from trainer.generation.client import VERSION_PATHS
+from trainer.generation.client import TOKEN_ENV, VERSION_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,25 @@ class WeightSync(Protocol):
 
 
 class _HttpAdapter:
-    """Shared plumbing: one HTTP client, retries on 5xx/transport, a version query."""
+    """Shared plumbing: one HTTP client, retries on 5xx/transport, a version query.
+
+    `token` is sent as `Authorization: Bearer` on every call (the embedded server's
+    control routes require it when it has one); None reads PC_GENERATION_TOKEN.
+    """
 
     service = "generation"
 
     def __init__(
-        self, base_urls: list[str], *, timeout: float = 300.0, policy: RetryPolicy | None = None
+        self,
+        base_urls: list[str],
+        *,
+        timeout: float = 300.0,
+        policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_urls = [url.rstrip("/") for url in base_urls]
         self.timeout, self.policy = timeout, policy or RetryPolicy()
-        self._http = httpx.AsyncClient()
+        self._http = httpx.AsyncClient(headers=bearer(token, TOKEN_ENV))
 
     async def _call(
         self, method: str, url: str, *, control: bool = False, once: bool = False, **kwargs: Any
@@ -129,8 +138,9 @@ class VLLMReloadSync(_HttpAdapter):
         model_files_from: Path | None = None,
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(base_urls, timeout=timeout, policy=policy)
+        super().__init__(base_urls, timeout=timeout, policy=policy, token=token)
         self.weights_dir, self.pause_mode = Path(weights_dir), pause_mode
         self.keep_checkpoints, self.model_files_from = keep_checkpoints, model_files_from
 
@@ -228,8 +238,9 @@ class VLLMNcclSync(_HttpAdapter):
         pause_mode: PauseMode | None = "wait",
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(base_urls, timeout=timeout, policy=policy)
+        super().__init__(base_urls, timeout=timeout, policy=policy, token=token)
         self.master_address = master_address or socket.gethostbyname(socket.gethostname())
         self.ports = [
             (master_port + i) if master_port else free_port() for i in range(len(base_urls))
@@ -289,8 +300,9 @@ class SGLangDiskSync(_HttpAdapter):
         model_files_from: Path | None = None,
         timeout: float = 300.0,
         policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(base_urls, timeout=timeout, policy=policy)
+        super().__init__(base_urls, timeout=timeout, policy=policy, token=token)
         self.weights_dir, self.abort_all_requests = Path(weights_dir), abort_all_requests
         self.keep_checkpoints, self.model_files_from = keep_checkpoints, model_files_from
 
@@ -324,22 +336,24 @@ def build_weight_sync(
     nccl_master_port: int | None = None,
     timeout: float = 300.0,
     policy: RetryPolicy | None = None,
+    token: str | None = None,
 ) -> WeightSync:
-    """The adapter for `kind`, given only the options that adapter takes."""
+    """The adapter for `kind`, given only the options that adapter takes; `token` is the
+    servers' bearer token (None: PC_GENERATION_TOKEN)."""
     if kind == "vllm":
         return VLLMReloadSync(
             base_urls, weights_dir=weights_dir, model_files_from=model_files_from,
-            timeout=timeout, policy=policy,
+            timeout=timeout, policy=policy, token=token,
         )  # fmt: skip
     if kind == "vllm_nccl":
         return VLLMNcclSync(
             base_urls, master_address=nccl_master_address, master_port=nccl_master_port,
-            timeout=timeout, policy=policy,
+            timeout=timeout, policy=policy, token=token,
         )  # fmt: skip
     if kind == "sglang":
         return SGLangDiskSync(
             base_urls, weights_dir=weights_dir, model_files_from=model_files_from,
-            timeout=timeout, policy=policy,
+            timeout=timeout, policy=policy, token=token,
         )  # fmt: skip
     raise ValueError(f"unknown weight sync {kind!r}; known: vllm, vllm_nccl, sglang")
 
