@@ -14,8 +14,10 @@ answer and changes nothing.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import struct
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
@@ -48,6 +50,7 @@ _COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
 _NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq"}
 _EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
 _RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
+_STAGE_TTL_MS = 3_600_000  # a restore's temporary keys outlive a crashed restore by this
 
 
 class NotFound(LookupError):
@@ -122,32 +125,92 @@ class AllocatorStore:
 
     async def snapshot(self, run_id: str) -> m.Snapshot:
         keys = (await self.run(run_id)).keys
-        names: list[bytes] = []
-        async for batch in _scan_batches(self.redis, keys.pattern):
-            names += batch
+        names = [n async for n in _scan_names(self.redis, keys.pattern) if keys.redis_type(n)]
         async with self.redis.pipeline(transaction=True) as pipe:
             for name in names:
                 pipe.dump(name)
             dumps = await pipe.execute()
         return m.Snapshot(run_id=run_id, keys={
-            _s(n): base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
+            n: base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
             if d is not None
         })  # fmt: skip
 
     async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> None:
-        """Replace the run's state with a snapshot taken earlier (by `snapshot`)."""
+        """Replace the run's state with a snapshot taken earlier (by `snapshot`): all or
+        nothing.
+
+        Raises Invalid (422), changing nothing, for a snapshot of another run, a key
+        outside the run or of an unknown kind, bad base64, a payload Redis refuses (bad
+        checksum or RDB version), a key of the wrong type, or a config that is not a
+        run spec; Conflict (409) when concurrent restores of the run keep colliding.
+
+        How: every payload is first RESTOREd into a temporary key under the run's hash
+        tag (`pc:{run}:restore:<nonce>:...`, expiring in an hour should we crash), and
+        checked there. Only then one MULTI/EXEC deletes the run's keys and RENAMEs the
+        temporary ones into place. Redis itself validates the payloads that way
+        (checksum, version, type), which parsing the RDB format here would only imitate;
+        and once the temporary keys exist (they are WATCHed), nothing in the EXEC can
+        fail, so no half-restored run is ever visible. The cost is twice the run's memory
+        while restoring.
+        """
         keys = RunKeys(run_id)
-        foreign = [k for k in snapshot.keys if not k.startswith(keys.prefix + ":")]
-        if snapshot.run_id != run_id or foreign or keys.config not in snapshot.keys:
-            raise Invalid(f"snapshot is not a snapshot of run {run_id!r}")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            async for batch in _scan_batches(self.redis, keys.pattern):
-                pipe.delete(*batch)
-            for name, payload in snapshot.keys.items():
-                pipe.restore(name, 0, base64.b64decode(payload), replace=True)
-            pipe.sadd(RUNS_INDEX, run_id)
-            await pipe.execute()
+        payloads = _decode_snapshot(keys, snapshot)
+        temp = f"{keys.restore_prefix}{uuid.uuid4().hex}:"
+        staged = {name: temp + name[len(keys.prefix) + 1 :] for name in payloads}
+        try:
+            await self._stage(keys, payloads, staged)
+            for _ in range(self.max_attempts):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(keys.state, *staged.values())
+                        if await pipe.exists(*staged.values()) != len(staged):
+                            raise Conflict(f"another restore of run {run_id!r} ran meanwhile")
+                        old = [n async for n in _scan_names(self.redis, keys.pattern)]
+                        pipe.multi()
+                        for batch in _chunks([n for n in old if not n.startswith(temp)]):
+                            pipe.delete(*batch)
+                        for name, staged_name in staged.items():
+                            pipe.rename(staged_name, name)
+                            pipe.persist(name)
+                        pipe.sadd(RUNS_INDEX, run_id)
+                        await pipe.execute()
+                        break
+                    except WatchError:
+                        continue
+            else:
+                raise Conflict(f"run {run_id!r} is being changed by many requests at once")
+        finally:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch in _chunks(list(staged.values())):
+                    pipe.delete(*batch)  # only what a failed restore left
+                await pipe.execute()
         self._runs.pop(run_id, None)
+
+    async def _stage(
+        self, keys: RunKeys, payloads: dict[str, bytes], staged: dict[str, str]
+    ) -> None:
+        """RESTORE every payload into its temporary key and check its type and content;
+        Invalid if Redis refuses one or it is not what a key of that name holds."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, payload in payloads.items():
+                pipe.restore(staged[name], _STAGE_TTL_MS, payload)
+            answers = await pipe.execute(raise_on_error=False)
+        for name, answer in zip(payloads, answers, strict=True):
+            if isinstance(answer, Exception):
+                raise Invalid(f"snapshot key {name!r} is not a valid DUMP payload: {answer}")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in payloads:
+                pipe.type(staged[name])
+            pipe.get(staged[keys.config])
+            *types, config = await pipe.execute()
+        for name, found in zip(payloads, types, strict=True):
+            want = keys.redis_type(name)
+            if _s(found) != want:
+                raise Invalid(f"snapshot key {name!r} holds a {_s(found)}, not a {want}")
+        try:
+            m.RunSpec.model_validate_json(config)
+        except ValueError as exc:
+            raise Invalid(f"the snapshot's config is not a run spec: {exc}") from None
 
     # ---- the optimistic transaction ----
 
@@ -759,6 +822,34 @@ def _stats_out(prompt_id: int, s: PromptStats) -> m.PromptStatsOut:
         all_wrong_streak=s.all_wrong_streak,
         strategy_state=aux,
     )
+
+
+def _decode_snapshot(keys: RunKeys, snapshot: m.Snapshot) -> dict[str, bytes]:
+    """Key name -> DUMP payload; Invalid (422) unless every name is a key of the run and
+    every value is base64, and the config and state are there."""
+    if snapshot.run_id != keys.run_id:
+        raise Invalid(f"snapshot of run {snapshot.run_id!r} is not a snapshot of {keys.run_id!r}")
+    out: dict[str, bytes] = {}
+    for name, value in snapshot.keys.items():
+        if keys.redis_type(name) is None:
+            raise Invalid(f"snapshot key {name!r} is not a key of run {keys.run_id!r}")
+        try:
+            out[name] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid(f"snapshot key {name!r}: value is not base64") from None
+    for needed in (keys.config, keys.state):
+        if needed not in out:
+            raise Invalid(f"snapshot has no {needed!r}")
+    return out
+
+
+def _chunks(names: list[T], size: int = 500) -> Iterable[list[T]]:
+    return (names[i : i + size] for i in range(0, len(names), size))
+
+
+async def _scan_names(redis: Redis, pattern: str) -> Any:
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        yield _s(key)
 
 
 async def _scan_batches(redis: Redis, pattern: str) -> Any:
