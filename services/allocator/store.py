@@ -6,6 +6,13 @@ MULTI/EXEC that also bumps `state.version`. If any other replica mutated the run
 between, EXEC fails and the mutation is retried from fresh reads, so two allocator
 replicas can never hand out the same cursor position or buffer entry twice.
 
+Identity: a run's config never changes, but a run can be deleted and re-created with
+another config, or restored from a snapshot of another incarnation, by any replica. Each
+incarnation gets a fresh generation (`state.gen`), and every call compares it with the
+generation of the config this process cached, in the same WATCHed read of the state that
+its writes depend on: a replica never acts on a config that is gone (it reloads it, or
+answers 404 when the run is gone).
+
 Idempotency: plans are keyed by the caller's request id, results by plan id (with a
 digest of the rewards), step completion by step number; a retry returns the stored
 answer and changes nothing.
@@ -15,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -45,9 +53,10 @@ from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
 from services.allocator.strategies import load_all
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Writer = Callable[[Pipeline], None]
 _COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
-_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq"}
+_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq", "gen"}
 _EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
 _RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
 _STAGE_TTL_MS = 3_600_000  # a restore's temporary keys outlive a crashed restore by this
@@ -65,12 +74,50 @@ class Invalid(ValueError):
     """The request is malformed for this run: a 422."""
 
 
+class _StaleRun(Exception):
+    """The cached config is not the run's current incarnation; reload it and start over."""
+
+
 @dataclass(frozen=True)
 class Run:
     run_id: str
     spec: m.RunSpec
     strategy: Strategy
     keys: RunKeys
+    gen: str  # the incarnation this config belongs to ("" for runs created before gens)
+
+    def check(self, state: dict[str, str]) -> None:
+        """_StaleRun unless `state` (the run's state hash as read) is of this incarnation."""
+        if not state or state.get("gen", "") != self.gen:
+            raise _StaleRun(self.run_id)
+
+
+_CREATE = """
+local config = redis.call('GET', KEYS[1])
+if config then return config end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'version', 0, 'gen', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return false
+"""
+
+
+def _fresh(
+    method: Callable[Concatenate[AllocatorStore, str, P], Awaitable[T]],
+) -> Callable[Concatenate[AllocatorStore, str, P], Awaitable[T]]:
+    """Run a store method on the run's current config: when it finds its cached config
+    stale, drop it and run the method again (on a reloaded config)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: AllocatorStore, run_id: str, *args: P.args, **kw: P.kwargs) -> T:
+        for _ in range(self.max_attempts):
+            try:
+                return await method(self, run_id, *args, **kw)
+            except _StaleRun:
+                self._runs.pop(run_id, None)
+        raise Conflict(f"run {run_id!r} is being re-created by many requests at once; retry")
+
+    return wrapper
 
 
 class AllocatorStore:
@@ -78,35 +125,46 @@ class AllocatorStore:
         self.redis = redis
         self.ttl_s = ttl_s
         self.max_attempts = max_attempts
-        self._runs: dict[str, Run] = {}  # run configs never change, so caching is safe
+        # Configs by run; each call checks that its config's generation is still current.
+        self._runs: dict[str, Run] = {}
+        self._create = redis.register_script(_CREATE)
         load_all()
 
     # ---- runs ----
 
     async def create_run(self, run_id: str, spec: m.RunSpec) -> tuple[Run, bool]:
+        """Create the run (config, state with a fresh generation, index entry) in one
+        script: a crash never leaves half a run. An identical run already there is a
+        no-op; Conflict (409) when it has another config."""
         keys = RunKeys(run_id)
-        payload = spec.model_dump_json()
-        created = await self.redis.set(keys.config, payload, nx=True)
-        if not created:
-            existing = await self.run(run_id)
-            if existing.spec != spec:
+        gen = uuid.uuid4().hex
+        argv = [spec.model_dump_json(), gen, run_id]
+        existing = await self._create(keys=[keys.config, keys.state, RUNS_INDEX], args=argv)
+        if existing is not None:
+            if m.RunSpec.model_validate_json(existing) != spec:
                 raise Conflict(f"run {run_id!r} exists with a different configuration")
-            return existing, False
-        await self.redis.hset(keys.state, mapping={"version": 0})
-        await self.redis.sadd(RUNS_INDEX, run_id)
+            return await self.run(run_id), False
+        self._runs.pop(run_id, None)
         return await self.run(run_id), True
 
     async def run(self, run_id: str) -> Run:
-        if run_id in self._runs:
-            return self._runs[run_id]
-        raw = await self.redis.get(RunKeys(run_id).config)
+        """The run's config, cached. The cache may be stale (another replica re-created
+        the run): every use of it checks `Run.check` against the state it reads."""
+        cached = self._runs.get(run_id)
+        if cached is not None:
+            return cached
+        keys = RunKeys(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.config)
+            pipe.hget(keys.state, "gen")
+            raw, gen = await pipe.execute()
         if raw is None:
             raise NotFound(f"unknown run {run_id!r}")
         spec = m.RunSpec.model_validate_json(raw)
         strategy_cls = load_all()[spec.config.strategy]  # type: ignore[attr-defined]
         first_epoch = EpochPermutation(spec.num_prompts, spec.seed, 0)
         keys = RunKeys(run_id, first_epoch.positions)
-        run = Run(run_id, spec, strategy_cls(spec.config), keys)
+        run = Run(run_id, spec, strategy_cls(spec.config), keys, _s(gen or b""))
         self._runs[run_id] = run
         return run
 
@@ -115,25 +173,53 @@ class AllocatorStore:
         return sorted(x.decode() if isinstance(x, bytes) else x for x in members)
 
     async def delete_run(self, run_id: str) -> int:
-        await self.run(run_id)
-        keys, deleted = RunKeys(run_id), 0
-        async for batch in _scan_batches(self.redis, keys.pattern):
-            deleted += await self.redis.delete(*batch)
-        await self.redis.srem(RUNS_INDEX, run_id)
+        """Delete every key of the run in one MULTI/EXEC (retried if a mutation of the
+        run commits meanwhile, so none of its writes survives the delete); the number of
+        keys deleted. NotFound (404) for an unknown run."""
+        keys = RunKeys(run_id)
         self._runs.pop(run_id, None)
-        return deleted
+        for _ in range(self.max_attempts):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(keys.state, keys.config)
+                    if not await pipe.exists(keys.config):
+                        raise NotFound(f"unknown run {run_id!r}")
+                    names = [n async for n in _scan_names(self.redis, keys.pattern)]
+                    pipe.multi()
+                    for batch in _chunks(names):
+                        pipe.delete(*batch)
+                    pipe.srem(RUNS_INDEX, run_id)
+                    *counts, _ = await pipe.execute()
+                    return int(sum(counts))
+                except WatchError:
+                    continue
+        raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
+    @_fresh
     async def snapshot(self, run_id: str) -> m.Snapshot:
-        keys = (await self.run(run_id)).keys
-        names = [n async for n in _scan_names(self.redis, keys.pattern) if keys.redis_type(n)]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name in names:
-                pipe.dump(name)
-            dumps = await pipe.execute()
-        return m.Snapshot(run_id=run_id, keys={
-            n: base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
-            if d is not None
-        })  # fmt: skip
+        """Every key of the run as base64 DUMP payloads, read in one MULTI/EXEC that is
+        retried if the run changes while its keys are listed."""
+        run = await self.run(run_id)
+        keys = run.keys
+        for _ in range(self.max_attempts):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(keys.state)
+                    raw = await pipe.hgetall(keys.state)
+                    run.check({_s(k): _s(v) for k, v in raw.items()})
+                    names = [n async for n in _scan_names(self.redis, keys.pattern)]
+                    names = [n for n in names if keys.redis_type(n)]
+                    pipe.multi()
+                    for name in names:
+                        pipe.dump(name)
+                    dumps = await pipe.execute()
+                except WatchError:
+                    continue
+            return m.Snapshot(run_id=run_id, keys={
+                n: base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
+                if d is not None
+            })  # fmt: skip
+        raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
     async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> None:
         """Replace the run's state with a snapshot taken earlier (by `snapshot`): all or
@@ -172,6 +258,8 @@ class AllocatorStore:
                         for name, staged_name in staged.items():
                             pipe.rename(staged_name, name)
                             pipe.persist(name)
+                        # A restored run is a new incarnation (its config may differ).
+                        pipe.hset(keys.state, "gen", uuid.uuid4().hex)
                         pipe.sadd(RUNS_INDEX, run_id)
                         await pipe.execute()
                         break
@@ -215,21 +303,27 @@ class AllocatorStore:
     # ---- the optimistic transaction ----
 
     async def _transact(
-        self, keys: RunKeys, body: Callable[[dict[str, str]], Awaitable[tuple[T, Writer | None]]]
+        self, run: Run, body: Callable[[dict[str, str]], Awaitable[tuple[T, Writer | None]]]
     ) -> T:
-        """Run `body(state)` -> (result, writer) until its writes commit without interference."""
+        """Run `body(state)` -> (result, writer) until its writes commit without interference.
+
+        _StaleRun (handled by `_fresh`) when `run` is not the run's current incarnation.
+        """
+        keys = run.keys
         for _ in range(self.max_attempts):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(keys.state)
                     raw = await pipe.hgetall(keys.state)
                     state = {_s(k): _s(v) for k, v in raw.items()}
+                    run.check(state)
                     try:
                         result, writer = await body(state)
                     except Exception:
                         # Reads after WATCH go through other connections; if another
                         # replica committed meanwhile they may disagree. Retry then.
-                        if await pipe.hget(keys.state, "version") != raw.get(b"version"):
+                        now = await pipe.hmget(keys.state, ["version", "gen"])
+                        if now != [raw.get(b"version"), raw.get(b"gen")]:
                             continue
                         raise
                     if writer is None:
@@ -245,6 +339,7 @@ class AllocatorStore:
 
     # ---- planning ----
 
+    @_fresh
     async def plan(self, run_id: str, request_id: str) -> m.Plan:
         run = await self.run(run_id)
         keys = run.keys
@@ -259,7 +354,7 @@ class AllocatorStore:
                 )
             return await self._make_plan(run, keys, state, request_id)
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
     async def _stored_plan(self, keys: RunKeys, plan_id: str) -> m.Plan:
         raw = await self.redis.get(keys.plan(plan_id))
@@ -388,8 +483,10 @@ class AllocatorStore:
         flushed = [e.prompt_id for e in buffer]
         return _Rollover(keys, self, new, pending, flushed, updates)
 
+    @_fresh
     async def complete_epoch(self, run_id: str) -> m.EpochCompleteResponse:
-        keys = (await self.run(run_id)).keys
+        run = await self.run(run_id)
+        keys = run.keys
 
         async def body(state: dict[str, str]) -> tuple[m.EpochCompleteResponse, Writer]:
             if state.get("open_plan"):
@@ -400,10 +497,11 @@ class AllocatorStore:
             )
             return answer, rollover.write
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
     # ---- results ----
 
+    @_fresh
     async def report(
         self, run_id: str, plan_id: str, rewards: list[list[float]]
     ) -> m.ResultsResponse:
@@ -426,7 +524,7 @@ class AllocatorStore:
             _check_shape(plan, rewards)
             return await self._apply(run, keys, state, plan, rewards, digest)
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
     async def _apply(
         self,
@@ -481,9 +579,11 @@ class AllocatorStore:
             pipe.sadd(keys.evict_pending, *outcome.evict_pending)
         _write_counts(pipe, keys, outcome.counts)
 
+    @_fresh
     async def abandon(self, run_id: str, plan_id: str) -> m.Plan:
         """Close an open plan without results; its commit prompts go back to the buffer."""
-        keys = (await self.run(run_id)).keys
+        run = await self.run(run_id)
+        keys = run.keys
 
         async def body(state: dict[str, str]) -> tuple[m.Plan, Writer | None]:
             plan = await self._stored_plan(keys, plan_id)
@@ -500,10 +600,11 @@ class AllocatorStore:
 
             return plan, write
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
     # ---- steps ----
 
+    @_fresh
     async def complete_step(self, run_id: str, step: int) -> m.StepCompleteResponse:
         run = await self.run(run_id)
         keys = run.keys
@@ -552,7 +653,7 @@ class AllocatorStore:
 
             return answer, write
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
     # ---- prompts ----
 
@@ -563,12 +664,18 @@ class AllocatorStore:
                 f"(ids are 0..{run.spec.num_prompts - 1})"
             )
 
+    @_fresh
     async def prompt(self, run_id: str, prompt_id: int) -> m.PromptStatsOut:
         run = await self.run(run_id)
         self._check_prompt(run, prompt_id)
-        stats = (await self._read_stats(run.keys, [prompt_id]))[prompt_id]
-        return _stats_out(prompt_id, stats)
 
+        async def body(state: dict[str, str]) -> tuple[m.PromptStatsOut, None]:
+            stats = (await self._read_stats(run.keys, [prompt_id]))[prompt_id]
+            return _stats_out(prompt_id, stats), None
+
+        return await self._transact(run, body)
+
+    @_fresh
     async def set_evicted(self, run_id: str, prompt_id: int, evicted: bool) -> m.PromptStatsOut:
         """Evict (at once) or restore a prompt by hand; idempotent."""
         run = await self.run(run_id)
@@ -595,8 +702,9 @@ class AllocatorStore:
 
             return _stats_out(prompt_id, new), write
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
+    @_fresh
     async def add_evidence(
         self, run_id: str, prompt_id: int, evidence: m.EvidenceRequest
     ) -> m.EvidenceResponse:
@@ -634,8 +742,9 @@ class AllocatorStore:
 
             return _evidence_out(evidence.evidence_id, False, prompt_id, new), write
 
-        return await self._transact(keys, body)
+        return await self._transact(run, body)
 
+    @_fresh
     async def summary(self, run_id: str) -> m.RunSummary:
         run = await self.run(run_id)
         keys = run.keys
@@ -645,6 +754,7 @@ class AllocatorStore:
             pipe.scard(keys.evict_pending)
             raw, buffer_size, pending = await pipe.execute()
         state = {_s(k): _s(v) for k, v in raw.items()}
+        run.check(state)
         counters = _counters(state)
         return m.RunSummary(
             run_id=run_id,
@@ -850,14 +960,3 @@ def _chunks(names: list[T], size: int = 500) -> Iterable[list[T]]:
 async def _scan_names(redis: Redis, pattern: str) -> Any:
     async for key in redis.scan_iter(match=pattern, count=1000):
         yield _s(key)
-
-
-async def _scan_batches(redis: Redis, pattern: str) -> Any:
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

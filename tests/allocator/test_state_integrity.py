@@ -5,8 +5,10 @@ Real redis-server, allocators as uvicorn processes on loopback (see test_service
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from redis.asyncio import Redis
 
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
+from services.common.http import ServiceError
 from tests.allocator.test_service import NO_RETRY, PC, new_run_id, rewards_for, start_allocator
 
 
@@ -127,3 +130,84 @@ async def test_restore_into_a_deleted_run(allocator: str, redis: Redis) -> None:
         assert restored == summary
         assert set(await _run_keys(redis, run_id)) == set(before)
         assert run_id in (await client._http.get("/v1/runs")).json()
+
+
+async def test_replica_never_plans_with_a_config_that_is_gone(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Replica B deletes and re-creates a run with other parameters (or restores an older
+    snapshot of it); replica A, which cached the old config, must act on the new one."""
+    (a_proc, a_url), (b_proc, b_url) = [start_allocator(redis_url, tmp_path) for _ in range(2)]
+    run_id = new_run_id()
+    old = m.RunSpec(num_prompts=40, seed=1, config=PC)
+    new = m.RunSpec(num_prompts=8, seed=2, config={**PC, "n_pilot": 2, "gen_batch_size": 3})
+    try:
+        async with (
+            AllocatorClient(a_url, policy=NO_RETRY) as a,
+            AllocatorClient(b_url, policy=NO_RETRY) as b,
+        ):
+            await a.create_run(run_id, old)
+            plan = await a.plan(run_id)
+            await a.report(run_id, plan.plan_id, rewards_for(plan))
+            old_snapshot = await a.snapshot(run_id)
+
+            await b._http.delete(f"/v1/runs/{run_id}")
+            assert (await b.create_run(run_id, new)).created
+            assert (await a.summary(run_id)).spec == new
+            plan = await a.plan(run_id)
+            assert all(i.prompt_id < 8 and i.n == 2 for i in plan.items), plan
+            assert len(plan.items) == 3
+            result = await b.report(run_id, plan.plan_id, rewards_for(plan))
+            assert len(result.gates) == 3
+            r = await a._http.get(f"/v1/runs/{run_id}/prompts/20")
+            assert r.status_code == 404 and "0..7" in r.text
+
+            # B restores the old snapshot: A acts on the old config again.
+            await b.restore_snapshot(run_id, old_snapshot)
+            assert (await a.summary(run_id)).spec == old
+            plan = await a.plan(run_id)
+            assert plan.round == 1 and all(i.n == 4 for i in plan.items)
+
+            # Deleted on B: A answers 404, it does not serve its cached config.
+            await b._http.delete(f"/v1/runs/{run_id}")
+            r = await a._http.get(f"/v1/runs/{run_id}")
+            assert r.status_code == 404
+            r = await a._http.post(f"/v1/runs/{run_id}/plan", json={"request_id": "x"})
+            assert r.status_code == 404
+            redis = Redis.from_url(redis_url)
+            try:
+                assert await _run_keys(redis, run_id) == {}  # and the plan wrote nothing
+            finally:
+                await redis.aclose()
+    finally:
+        a_proc.stop()
+        b_proc.stop()
+
+
+async def test_concurrent_creates_agree(redis_url: str, tmp_path: Path) -> None:
+    """Both replicas race to create one run with different specs: exactly one is created,
+    the rest are no-ops or 409, and the run holds the winner's config with its state."""
+    procs = [start_allocator(redis_url, tmp_path) for _ in range(2)]
+    try:
+        async with (
+            AllocatorClient(procs[0][1], policy=NO_RETRY) as a,
+            AllocatorClient(procs[1][1], policy=NO_RETRY) as b,
+        ):
+            for _ in range(5):
+                run_id = new_run_id()
+                specs = [m.RunSpec(num_prompts=10 + k % 3, config=PC) for k in range(12)]
+                calls = [c.create_run(run_id, s) for s, c in zip(specs, [a, b] * 6, strict=True)]
+                outcomes = await asyncio.gather(*calls, return_exceptions=True)
+                created = [o for o in outcomes if isinstance(o, m.RunCreated) and o.created]
+                assert len(created) == 1, outcomes
+                winner = created[0].run.spec
+                for spec, outcome in zip(specs, outcomes, strict=True):
+                    if spec == winner:
+                        assert isinstance(outcome, m.RunCreated), outcome
+                    else:
+                        assert isinstance(outcome, ServiceError) and outcome.status == 409
+                summary = await b.summary(run_id)
+                assert summary.spec == winner and summary.step == 0
+    finally:
+        for proc, _ in procs:
+            proc.stop()
