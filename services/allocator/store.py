@@ -884,9 +884,11 @@ def _check_shape(plan: m.Plan, rewards: list[list[float]]) -> None:
 
 
 def _digest(rewards: Sequence[Sequence[float]]) -> str:
+    """A digest of the rewards by value: a retry sending -0.0 for 0, or 1 for 1.0, is the
+    same report (`+ 0.0` turns -0.0 into 0.0)."""
     h = hashlib.blake2b(digest_size=16)
     for group in rewards:
-        h.update(struct.pack(f"<I{len(group)}d", len(group), *group))
+        h.update(struct.pack(f"<I{len(group)}d", len(group), *(float(r) + 0.0 for r in group)))
     return h.hexdigest()
 
 

@@ -19,6 +19,8 @@ from services.allocator.client import AllocatorClient
 from services.common.http import ServiceError
 from tests.allocator.test_service import NO_RETRY, PC, new_run_id, rewards_for, start_allocator
 
+JSON = {"content-type": "application/json"}
+
 
 @pytest.fixture(scope="module")
 def allocator(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -211,3 +213,35 @@ async def test_concurrent_creates_agree(redis_url: str, tmp_path: Path) -> None:
     finally:
         for proc, _ in procs:
             proc.stop()
+
+
+async def test_rewards_are_numbers_compared_by_value(allocator: str, redis: Redis) -> None:
+    async with AllocatorClient(allocator, policy=NO_RETRY) as client:
+        run_id = new_run_id()
+        await client.create_run(run_id, m.RunSpec(num_prompts=30, config=PC))
+        plan = await client.plan(run_id)
+        url = f"/v1/runs/{run_id}/plans/{plan.plan_id}/results"
+        before = await _run_keys(redis, run_id)
+        for bad in ('"0"', "true", "false", '"1.0"', "null", "[0]"):
+            body = '{"rewards": [' + ", ".join([f"[{bad}, 1, 0, 1]"] * len(plan.items)) + "]}"
+            r = await client._http.post(url, content=body, headers=JSON)
+            assert r.status_code == 422 and "valid number" in r.text, (bad, r.text)
+        assert await _run_keys(redis, run_id) == before
+
+        first = [[0, 1, 0.0, 1.0] for _ in plan.items]  # ints and floats alike
+        answer = (await client._http.post(url, json={"rewards": first})).json()
+        retry = [[-0.0, 1.0, -0.0, 1] for _ in plan.items]
+        r = await client._http.post(url, json={"rewards": retry})
+        assert r.status_code == 200 and r.json() == answer, r.text
+        other = [[0.0, 1.0, 1.0, 1.0] for _ in plan.items]
+        assert (await client._http.post(url, json={"rewards": other})).status_code == 409
+
+        evidence = f"/v1/runs/{run_id}/prompts/3/evidence"
+        for bad in ('"0"', "true"):
+            body = '{"evidence_id": "e", "rewards": [' + bad + "]}"
+            r = await client._http.post(evidence, content=body, headers=JSON)
+            assert r.status_code == 422 and "valid number" in r.text, (bad, r.text)
+        r = await client._http.post(evidence, json={"evidence_id": "e", "rewards": [0, 1]})
+        assert r.status_code == 200 and not r.json()["duplicate"]
+        r = await client._http.post(evidence, json={"evidence_id": "e", "rewards": [-0.0, 1.0]})
+        assert r.status_code == 200 and r.json()["duplicate"], r.text
