@@ -86,7 +86,9 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     app.state.settings = settings
     registry = CollectorRegistry()
     instrument(app, "allocator", registry)
-    app.state.rewards_total = Counter("allocator_rewards", "Rewards ingested.", registry=registry)
+    app.state.rewards_total = Counter(
+        "allocator_rewards", "Rewards applied (a retried report counts once).", registry=registry
+    )
     _add_error_handlers(app)
     _add_body_limit(app, settings.max_body_bytes)
     _add_routes(app)
@@ -190,8 +192,9 @@ def _add_routes(app: FastAPI) -> None:
         run_id: RunId, plan_id: str, body: m.ResultsRequest, store: Store, request: Request
     ) -> m.ResultsResponse:
         """Report a plan's rewards; idempotent by plan id."""
-        answer = await store.report(run_id, plan_id, body.rewards)
-        request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
+        answer, applied = await store.report_applied(run_id, plan_id, body.rewards)
+        if applied:  # a retry is answered again but counted once
+            request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
         return answer
 
     @app.post(

@@ -501,15 +501,26 @@ class AllocatorStore:
 
     # ---- results ----
 
-    @_fresh
     async def report(
         self, run_id: str, plan_id: str, rewards: list[list[float]]
     ) -> m.ResultsResponse:
+        """Apply a plan's rewards (one list per plan item, `n` rewards each, in [0, 1]);
+        a retry with the same rewards gets the stored answer. Errors: NotFound (404),
+        Conflict (409: other rewards, or the plan is not open), Invalid (422: shape)."""
+        return (await self.report_applied(run_id, plan_id, rewards))[0]
+
+    @_fresh
+    async def report_applied(
+        self, run_id: str, plan_id: str, rewards: list[list[float]]
+    ) -> tuple[m.ResultsResponse, bool]:
+        """`report`, and whether this call applied the rewards (False for a retry)."""
         run = await self.run(run_id)
         keys = run.keys
         digest = _digest(rewards)
 
-        async def body(state: dict[str, str]) -> tuple[m.ResultsResponse, Writer | None]:
+        async def body(
+            state: dict[str, str],
+        ) -> tuple[tuple[m.ResultsResponse, bool], Writer | None]:
             applied = await self.redis.hget(keys.applied, plan_id)
             if applied is not None:
                 if _s(applied) != digest:
@@ -517,12 +528,13 @@ class AllocatorStore:
                 stored = await self.redis.get(keys.result(plan_id))
                 if stored is None:
                     raise Conflict(f"plan {plan_id} was applied in a step that has completed")
-                return m.ResultsResponse.model_validate_json(stored), None
+                return (m.ResultsResponse.model_validate_json(stored), False), None
             plan = await self._stored_plan(keys, plan_id)
             if state.get("open_plan") != plan_id:
                 raise Conflict(f"plan {plan_id} is not open (abandoned, or superseded)")
             _check_shape(plan, rewards)
-            return await self._apply(run, keys, state, plan, rewards, digest)
+            response, write = await self._apply(run, keys, state, plan, rewards, digest)
+            return (response, True), write
 
         return await self._transact(run, body)
 

@@ -245,3 +245,30 @@ async def test_rewards_are_numbers_compared_by_value(allocator: str, redis: Redi
         assert r.status_code == 200 and not r.json()["duplicate"]
         r = await client._http.post(evidence, json={"evidence_id": "e", "rewards": [-0.0, 1.0]})
         assert r.status_code == 200 and r.json()["duplicate"], r.text
+
+
+async def _rewards_total(http: httpx.AsyncClient) -> float:
+    text = (await http.get("/metrics")).text
+    return next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("allocator_rewards_total ")
+    )
+
+
+async def test_metrics_count_accepted_rewards_once(allocator: str) -> None:
+    async with AllocatorClient(allocator, policy=NO_RETRY) as client:
+        run_id = new_run_id()
+        await client.create_run(run_id, m.RunSpec(num_prompts=30, config=PC))
+        plan = await client.plan(run_id)
+        assert plan.rollouts == 24
+        start = await _rewards_total(client._http)
+        rewards = rewards_for(plan)
+        for _ in range(3):
+            await client.report(run_id, plan.plan_id, rewards)
+        r = await client._http.post(  # refused: counts nothing
+            f"/v1/runs/{run_id}/plans/{plan.plan_id}/results",
+            json={"rewards": [[1.0] * 4 for _ in plan.items]},
+        )
+        assert r.status_code == 409
+        assert await _rewards_total(client._http) - start == 24
