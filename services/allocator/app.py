@@ -3,18 +3,24 @@
 Errors are translated once, here: unknown ids 404, state conflicts 409, malformed input
 422, oversized bodies 413, a missing or wrong token 401, Redis unreachable 503 (the
 client reconnects by itself on the next request once Redis is back).
+
+Auth: with a token set, every `/v1/...` call needs `Authorization: Bearer <token>`, reads
+included (they hand out a run's whole state). It is checked by the outermost middleware,
+before the body is read or validated, so a call without the token gets 401 whatever its
+body. `/health`, `/ready`, `/metrics` and the OpenAPI schema stay open for probes and
+scrapers; they tell nothing about any run.
 """
 
 from __future__ import annotations
 
 import gc
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,7 +34,6 @@ from services.common.errors import install_validation_handler
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
-_bearer = HTTPBearer(auto_error=False)
 
 
 def get_store(request: Request) -> AllocatorStore:
@@ -37,22 +42,6 @@ def get_store(request: Request) -> AllocatorStore:
 
 
 Store = Annotated[AllocatorStore, Depends(get_store)]
-
-
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    token = request.app.state.settings.token
-    if token and (credentials is None or credentials.credentials != token):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-Mutating = [Depends(require_token)]
 
 
 def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
@@ -91,8 +80,30 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     )
     _add_error_handlers(app)
     _add_body_limit(app, settings.max_body_bytes)
+    if settings.token:
+        _add_auth(app, settings.token)  # added last: runs first
     _add_routes(app)
     return app
+
+
+def _add_auth(app: FastAPI, token: str) -> None:
+    """401 for a `/v1/...` call without `Authorization: Bearer <token>` (the scheme in any
+    case, the token compared in constant time), before anything reads its body."""
+    expected = token.encode()
+
+    @app.middleware("http")
+    async def auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path.startswith("/v1/") or request.url.path == "/v1":
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+                return JSONResponse(
+                    {"detail": "a valid bearer token is required"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await call_next(request)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -145,7 +156,7 @@ def _add_routes(app: FastAPI) -> None:
     async def list_runs(store: Store) -> list[str]:
         return await store.list_runs()
 
-    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, dependencies=Mutating, tags=["runs"])
+    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, tags=["runs"])
     async def create_run(run_id: RunId, spec: m.RunSpec, store: Store) -> m.RunCreated:
         """Create a run; repeating it with the same spec is a no-op, another spec is 409."""
         _, created = await store.create_run(run_id, spec)
@@ -155,7 +166,7 @@ def _add_routes(app: FastAPI) -> None:
     async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
         return await store.summary(run_id)
 
-    @app.delete("/v1/runs/{run_id}", dependencies=Mutating, tags=["runs"])
+    @app.delete("/v1/runs/{run_id}", tags=["runs"])
     async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
         return {"deleted_keys": await store.delete_run(run_id)}
 
@@ -167,7 +178,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.put(
         "/v1/runs/{run_id}/snapshot",
         response_model=m.RunSummary,
-        dependencies=Mutating,
         tags=["runs"],
     )
     async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
@@ -175,9 +185,7 @@ def _add_routes(app: FastAPI) -> None:
         await store.restore_snapshot(run_id, body)
         return await store.summary(run_id)
 
-    @app.post(
-        "/v1/runs/{run_id}/plan", response_model=m.Plan, dependencies=Mutating, tags=["rounds"]
-    )
+    @app.post("/v1/runs/{run_id}/plan", response_model=m.Plan, tags=["rounds"])
     async def plan(run_id: RunId, body: m.PlanRequest, store: Store) -> m.Plan:
         """Plan the next round (pilot + commit items under one plan id)."""
         return await store.plan(run_id, body.request_id)
@@ -185,7 +193,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/plans/{plan_id}/results",
         response_model=m.ResultsResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def results(
@@ -200,7 +207,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/plans/{plan_id}/abandon",
         response_model=m.Plan,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def abandon(run_id: RunId, plan_id: str, store: Store) -> m.Plan:
@@ -210,7 +216,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/steps/{step}/complete",
         response_model=m.StepCompleteResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def complete_step(run_id: RunId, step: int, store: Store) -> m.StepCompleteResponse:
@@ -220,7 +225,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/epoch/complete",
         response_model=m.EpochCompleteResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def complete_epoch(run_id: RunId, store: Store) -> m.EpochCompleteResponse:
@@ -236,7 +240,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/evict",
         response_model=m.PromptStatsOut,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def evict(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
@@ -245,7 +248,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/restore",
         response_model=m.PromptStatsOut,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
@@ -254,7 +256,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
         response_model=m.EvidenceResponse,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def evidence(
