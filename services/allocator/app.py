@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
@@ -34,6 +34,9 @@ from services.common.errors import install_validation_handler
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
+RestoreId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The caller's id of one restore.")
+]
 
 
 def get_store(request: Request) -> AllocatorStore:
@@ -183,6 +186,43 @@ def _add_routes(app: FastAPI) -> None:
     async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
         """Replace the run's state with a snapshot (resume from a trainer checkpoint)."""
         await store.restore_snapshot(run_id, body)
+        return await store.summary(run_id)
+
+    @app.get("/v1/runs/{run_id}/snapshot/pages", response_model=m.SnapshotPage, tags=["runs"])
+    async def snapshot_page(
+        run_id: RunId,
+        store: Store,
+        cursor: Annotated[int, Query(ge=0, description="0, then the previous `next_cursor`.")] = 0,
+        max_bytes: Annotated[
+            int, Query(ge=1, le=64 * 1024 * 1024, description="Stop after this much base64.")
+        ] = 4 * 1024 * 1024,
+    ) -> m.SnapshotPage:
+        """One page of the run's snapshot, for runs too large for one answer; the client
+        reads pages until `next_cursor` is null and checks they carry one `version`."""
+        return await store.snapshot_page(run_id, cursor, max_bytes)
+
+    @app.put(
+        "/v1/runs/{run_id}/restores/{restore_id}/keys",
+        response_model=m.RestoreStaged,
+        tags=["runs"],
+    )
+    async def stage_restore(
+        run_id: RunId, restore_id: RestoreId, body: m.RestoreChunk, store: Store
+    ) -> m.RestoreStaged:
+        """Stage one chunk of a snapshot for a restore chosen by the caller (`restore_id`,
+        fresh per restore); the run is not touched until the commit."""
+        return m.RestoreStaged(staged=await store.stage_restore(run_id, restore_id, body.keys))
+
+    @app.post(
+        "/v1/runs/{run_id}/restores/{restore_id}/commit",
+        response_model=m.RunSummary,
+        tags=["runs"],
+    )
+    async def commit_restore(
+        run_id: RunId, restore_id: RestoreId, body: m.RestoreCommit, store: Store
+    ) -> m.RunSummary:
+        """Replace the run's state with the staged snapshot, all at once; idempotent."""
+        await store.commit_restore(run_id, restore_id, body.keys)
         return await store.summary(run_id)
 
     @app.post("/v1/runs/{run_id}/plan", response_model=m.Plan, tags=["rounds"])

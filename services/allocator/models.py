@@ -220,6 +220,34 @@ class Snapshot(_Model):
     keys: dict[str, str] = Field(description="Key name -> base64 of Redis DUMP.")
 
 
+class SnapshotPage(_Model):
+    """One page of a run's snapshot (`GET /v1/runs/{run}/snapshot/pages`)."""
+
+    run_id: str
+    version: str = Field(
+        description="`gen:version` of the run's state the page was read at: every page of "
+        "one snapshot must carry the same (the run did not change in between); otherwise "
+        "start again from cursor 0."
+    )
+    keys: dict[str, str] = Field(description="Key name -> base64 of Redis DUMP.")
+    next_cursor: int | None = Field(description="Cursor of the next page; null: the last one.")
+
+
+class RestoreChunk(_Model):
+    keys: dict[str, str] = Field(
+        description="Some keys of a snapshot (name -> base64 of Redis DUMP); a restore "
+        "stages its snapshot in chunks that each fit the body limit."
+    )
+
+
+class RestoreStaged(_Model):
+    staged: int = Field(description="Keys of this chunk staged.")
+
+
+class RestoreCommit(_Model):
+    keys: int = Field(ge=0, description="Number of keys in the whole snapshot.")
+
+
 class Health(_Model):
     status: Literal["ok"] = "ok"
 

@@ -56,7 +56,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 Writer = Callable[[Pipeline], None]
 _COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
-_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq", "gen"}
+_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq", "gen", "restored_from"}
 _EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
 _RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
 _STAGE_TTL_MS = 3_600_000  # a restore's temporary keys outlive a crashed restore by this
@@ -195,84 +195,155 @@ class AllocatorStore:
                     continue
         raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
-    @_fresh
     async def snapshot(self, run_id: str) -> m.Snapshot:
-        """Every key of the run as base64 DUMP payloads, read in one MULTI/EXEC that is
-        retried if the run changes while its keys are listed."""
+        """Every key of the run as base64 DUMP payloads, in one piece (small runs; large
+        ones are read page by page with `snapshot_page`). Conflict (409) if the run keeps
+        changing while it is read."""
+        for _ in range(self.max_attempts):
+            pages, cursor = [], 0
+            try:
+                while True:
+                    page = await self.snapshot_page(run_id, cursor, 2**62)
+                    pages.append(page)
+                    if page.next_cursor is None:
+                        break
+                    cursor = page.next_cursor
+            except Conflict:
+                continue
+            if len({p.version for p in pages}) == 1:
+                return m.Snapshot(
+                    run_id=run_id, keys={k: v for p in pages for k, v in p.keys.items()}
+                )
+        raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
+
+    @_fresh
+    async def snapshot_page(self, run_id: str, cursor: int, max_bytes: int) -> m.SnapshotPage:
+        """One page of the run's snapshot: the keys a Redis SCAN from `cursor` finds, as
+        base64 DUMP payloads, until they pass `max_bytes` (of base64) or the scan ends
+        (`next_cursor` None). Each batch is dumped in one MULTI with the run's
+        `gen:version`; a page whose batches disagree is Conflict (409). A snapshot is
+        consistent when all its pages carry one `version` (every mutation bumps it); a
+        key may come twice (SCAN's rule), with the same payload."""
         run = await self.run(run_id)
         keys = run.keys
+        out: dict[str, str] = {}
+        size, version = 0, None
+        while True:
+            cursor, found = await self.redis.scan(cursor, match=keys.pattern, count=256)
+            names = [n for n in map(_s, found) if keys.redis_type(n)]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(keys.state)
+                for name in names:
+                    pipe.dump(name)
+                raw, *dumps = await pipe.execute()
+            state = {_s(k): _s(v) for k, v in raw.items()}
+            run.check(state)
+            now = f"{state['gen']}:{state.get('version', '0')}" if "gen" in state else ""
+            if version is not None and now != version:
+                raise Conflict(f"run {run_id!r} changed while its snapshot was read; retry")
+            version = now
+            for name, dump in zip(names, dumps, strict=True):
+                if dump is not None:
+                    out[name] = base64.b64encode(dump).decode()
+                    size += len(out[name])
+            if cursor == 0 or size >= max_bytes:
+                break
+        return m.SnapshotPage(run_id=run_id, version=version, keys=out, next_cursor=cursor or None)
+
+    async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> None:
+        """Replace the run's state with a snapshot taken earlier, in one call (small runs;
+        large ones use `stage_restore` chunk by chunk, then `commit_restore`)."""
+        if snapshot.run_id != run_id:
+            raise Invalid(f"snapshot of run {snapshot.run_id!r} is not a snapshot of {run_id!r}")
+        restore_id = uuid.uuid4().hex
+        try:
+            await self.stage_restore(run_id, restore_id, snapshot.keys)
+            await self.commit_restore(run_id, restore_id, len(snapshot.keys))
+        finally:
+            await self._drop_staged(RunKeys(run_id), restore_id)
+
+    async def stage_restore(self, run_id: str, restore_id: str, chunk: dict[str, str]) -> int:
+        """Stage a chunk of a snapshot (key name -> base64 DUMP payload) for the restore
+        `restore_id`; retrying a chunk is harmless. The number of keys staged.
+
+        Invalid (422) for a key outside the run or of an unknown kind, bad base64, a
+        payload Redis refuses (bad checksum or RDB version), a key of the wrong type, or
+        a config that is not a run spec; this chunk's keys are then dropped again. The
+        run itself is not touched until `commit_restore`.
+
+        How: every payload is RESTOREd into a temporary key under the run's hash tag
+        (`pc:{run}:restore:<restore_id>:...`, expiring in an hour, should the restore
+        never be committed) and checked there. Redis itself validates the payloads that
+        way (checksum, version, type), which parsing the RDB format here would only
+        imitate.
+        """
+        keys = RunKeys(run_id)
+        payloads = _decode_keys(keys, chunk)
+        staged = {name: _staged_name(keys, restore_id, name) for name in payloads}
+        try:
+            await self._stage(keys, payloads, staged)
+        except Invalid:
+            await self._delete(list(staged.values()))
+            raise
+        return len(staged)
+
+    async def commit_restore(self, run_id: str, restore_id: str, expected_keys: int) -> None:
+        """Replace the run's keys by the `expected_keys` keys staged for `restore_id`, in
+        one MULTI/EXEC: all or nothing. A retry of a committed restore is a no-op.
+
+        Invalid (422) when another number of keys is staged (a chunk is missing or came
+        from another snapshot) or the config or state is missing; Conflict (409) when
+        the run keeps changing meanwhile. The staged keys are WATCHed, so once they are
+        there nothing in the EXEC can fail and no half-restored run is ever visible.
+        The cost: Redis holds the run twice while a restore is staged.
+        """
+        keys = RunKeys(run_id)
+        temp = _staged_name(keys, restore_id, keys.prefix + ":")
         for _ in range(self.max_attempts):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(keys.state)
-                    raw = await pipe.hgetall(keys.state)
-                    run.check({_s(k): _s(v) for k, v in raw.items()})
-                    names = [n async for n in _scan_names(self.redis, keys.pattern)]
-                    names = [n for n in names if keys.redis_type(n)]
+                    if await pipe.hget(keys.state, "restored_from") == restore_id.encode():
+                        return
+                    staged = [n async for n in _scan_names(self.redis, temp + "*")]
+                    if len(staged) != expected_keys:
+                        raise Invalid(
+                            f"restore {restore_id!r} has {len(staged)} keys staged, "
+                            f"the snapshot has {expected_keys}"
+                        )
+                    for needed in ("config", "state"):
+                        if temp + needed not in staged:
+                            raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
+                    await pipe.watch(*staged)
+                    old = [n async for n in _scan_names(self.redis, keys.pattern)]
                     pipe.multi()
-                    for name in names:
-                        pipe.dump(name)
-                    dumps = await pipe.execute()
+                    for batch in _chunks([n for n in old if not n.startswith(temp)]):
+                        pipe.delete(*batch)
+                    for name in staged:
+                        final = keys.prefix + ":" + name[len(temp) :]
+                        pipe.rename(name, final)
+                        pipe.persist(final)
+                    # A restored run is a new incarnation (its config may differ).
+                    pipe.hset(
+                        keys.state, mapping={"gen": uuid.uuid4().hex, "restored_from": restore_id}
+                    )
+                    pipe.sadd(RUNS_INDEX, run_id)
+                    await pipe.execute()
+                    self._runs.pop(run_id, None)
+                    return
                 except WatchError:
                     continue
-            return m.Snapshot(run_id=run_id, keys={
-                n: base64.b64encode(d).decode() for n, d in zip(names, dumps, strict=True)
-                if d is not None
-            })  # fmt: skip
         raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
-    async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> None:
-        """Replace the run's state with a snapshot taken earlier (by `snapshot`): all or
-        nothing.
+    async def _drop_staged(self, keys: RunKeys, restore_id: str) -> None:
+        pattern = _staged_name(keys, restore_id, keys.prefix + ":*")
+        await self._delete([n async for n in _scan_names(self.redis, pattern)])
 
-        Raises Invalid (422), changing nothing, for a snapshot of another run, a key
-        outside the run or of an unknown kind, bad base64, a payload Redis refuses (bad
-        checksum or RDB version), a key of the wrong type, or a config that is not a
-        run spec; Conflict (409) when concurrent restores of the run keep colliding.
-
-        How: every payload is first RESTOREd into a temporary key under the run's hash
-        tag (`pc:{run}:restore:<nonce>:...`, expiring in an hour should we crash), and
-        checked there. Only then one MULTI/EXEC deletes the run's keys and RENAMEs the
-        temporary ones into place. Redis itself validates the payloads that way
-        (checksum, version, type), which parsing the RDB format here would only imitate;
-        and once the temporary keys exist (they are WATCHed), nothing in the EXEC can
-        fail, so no half-restored run is ever visible. The cost is twice the run's memory
-        while restoring.
-        """
-        keys = RunKeys(run_id)
-        payloads = _decode_snapshot(keys, snapshot)
-        temp = f"{keys.restore_prefix}{uuid.uuid4().hex}:"
-        staged = {name: temp + name[len(keys.prefix) + 1 :] for name in payloads}
-        try:
-            await self._stage(keys, payloads, staged)
-            for _ in range(self.max_attempts):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    try:
-                        await pipe.watch(keys.state, *staged.values())
-                        if await pipe.exists(*staged.values()) != len(staged):
-                            raise Conflict(f"another restore of run {run_id!r} ran meanwhile")
-                        old = [n async for n in _scan_names(self.redis, keys.pattern)]
-                        pipe.multi()
-                        for batch in _chunks([n for n in old if not n.startswith(temp)]):
-                            pipe.delete(*batch)
-                        for name, staged_name in staged.items():
-                            pipe.rename(staged_name, name)
-                            pipe.persist(name)
-                        # A restored run is a new incarnation (its config may differ).
-                        pipe.hset(keys.state, "gen", uuid.uuid4().hex)
-                        pipe.sadd(RUNS_INDEX, run_id)
-                        await pipe.execute()
-                        break
-                    except WatchError:
-                        continue
-            else:
-                raise Conflict(f"run {run_id!r} is being changed by many requests at once")
-        finally:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for batch in _chunks(list(staged.values())):
-                    pipe.delete(*batch)  # only what a failed restore left
-                await pipe.execute()
-        self._runs.pop(run_id, None)
+    async def _delete(self, names: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch in _chunks(names):
+                pipe.delete(*batch)
+            await pipe.execute()
 
     async def _stage(
         self, keys: RunKeys, payloads: dict[str, bytes], staged: dict[str, str]
@@ -281,7 +352,7 @@ class AllocatorStore:
         Invalid if Redis refuses one or it is not what a key of that name holds."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, payload in payloads.items():
-                pipe.restore(staged[name], _STAGE_TTL_MS, payload)
+                pipe.restore(staged[name], _STAGE_TTL_MS, payload, replace=True)
             answers = await pipe.execute(raise_on_error=False)
         for name, answer in zip(payloads, answers, strict=True):
             if isinstance(answer, Exception):
@@ -289,16 +360,16 @@ class AllocatorStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in payloads:
                 pipe.type(staged[name])
-            pipe.get(staged[keys.config])
-            *types, config = await pipe.execute()
+            types = await pipe.execute()
         for name, found in zip(payloads, types, strict=True):
             want = keys.redis_type(name)
             if _s(found) != want:
                 raise Invalid(f"snapshot key {name!r} holds a {_s(found)}, not a {want}")
-        try:
-            m.RunSpec.model_validate_json(config)
-        except ValueError as exc:
-            raise Invalid(f"the snapshot's config is not a run spec: {exc}") from None
+        if keys.config in payloads:
+            try:
+                m.RunSpec.model_validate_json(await self.redis.get(staged[keys.config]) or b"")
+            except ValueError as exc:
+                raise Invalid(f"the snapshot's config is not a run spec: {exc}") from None
 
     # ---- the optimistic transaction ----
 
@@ -948,23 +1019,23 @@ def _stats_out(prompt_id: int, s: PromptStats) -> m.PromptStatsOut:
     )
 
 
-def _decode_snapshot(keys: RunKeys, snapshot: m.Snapshot) -> dict[str, bytes]:
+def _decode_keys(keys: RunKeys, chunk: dict[str, str]) -> dict[str, bytes]:
     """Key name -> DUMP payload; Invalid (422) unless every name is a key of the run and
-    every value is base64, and the config and state are there."""
-    if snapshot.run_id != keys.run_id:
-        raise Invalid(f"snapshot of run {snapshot.run_id!r} is not a snapshot of {keys.run_id!r}")
+    every value is base64."""
     out: dict[str, bytes] = {}
-    for name, value in snapshot.keys.items():
+    for name, value in chunk.items():
         if keys.redis_type(name) is None:
             raise Invalid(f"snapshot key {name!r} is not a key of run {keys.run_id!r}")
         try:
             out[name] = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise Invalid(f"snapshot key {name!r}: value is not base64") from None
-    for needed in (keys.config, keys.state):
-        if needed not in out:
-            raise Invalid(f"snapshot has no {needed!r}")
     return out
+
+
+def _staged_name(keys: RunKeys, restore_id: str, name: str) -> str:
+    """Where a restore stages the run's key `name` (a name under `keys.prefix`)."""
+    return f"{keys.restore_prefix}{restore_id}:{name[len(keys.prefix) + 1 :]}"
 
 
 def _chunks(names: list[T], size: int = 500) -> Iterable[list[T]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
+from services.allocator.records import PromptStats
 from services.common.http import ServiceError
 from tests.allocator.test_service import NO_RETRY, PC, new_run_id, rewards_for, start_allocator
 
@@ -272,3 +274,68 @@ async def test_metrics_count_accepted_rewards_once(allocator: str) -> None:
         )
         assert r.status_code == 409
         assert await _rewards_total(client._http) - start == 24
+
+
+async def test_snapshot_larger_than_the_body_limit_round_trips(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """A run whose snapshot is ~8x the body limit: read in pages, restored in chunks,
+    all or nothing (a missing chunk or a bad one is 422 and the run stays as it was)."""
+    proc, url = start_allocator(redis_url, tmp_path, PC_ALLOCATOR_MAX_BODY_BYTES="65536")
+    try:
+        async with AllocatorClient(url, policy=NO_RETRY) as client:
+            run_id = new_run_id()
+            await client.create_run(run_id, m.RunSpec(num_prompts=50_000, config=PC))
+            plan = await client.plan(run_id)
+            await client.report(run_id, plan.plan_id, rewards_for(plan))
+            rng = random.Random(0)
+            for bucket in range(600):  # 38,400 prompts seen
+                records = {
+                    str(i): PromptStats(rng.randrange(99), 1, rng.random(), rng.random()).pack()
+                    for i in range(64)
+                }
+                await redis.hset(f"pc:{{{run_id}}}:stats:{bucket}", mapping=records)
+            before = await _run_keys(redis, run_id)
+            whole = (await client._http.get(f"/v1/runs/{run_id}/snapshot")).content
+            assert len(whole) > 8 * 65536
+
+            snap = await client.snapshot(run_id, page_bytes=20_000)
+            assert snap == m.Snapshot.model_validate_json(whole)
+            r = await client._http.put(
+                f"/v1/runs/{run_id}/snapshot", content=snap.model_dump_json()
+            )
+            assert r.status_code == 413  # one body is too large: chunks are not
+
+            assert (await client.plan(run_id)).round == 1  # the run moves on
+            summary = await client.restore_snapshot(run_id, snap, chunk_bytes=20_000)
+            assert summary.open_plan is None and summary.counters["rollouts_pilot"] == 24
+            after = await _run_keys(redis, run_id)
+            assert set(after) == set(before)
+            assert all(after[k] == v for k, v in before.items() if not k.endswith(b":state"))
+
+            # A restore missing a chunk, or with a bad one, changes nothing.
+            base = f"/v1/runs/{run_id}/restores/r1"
+            part = dict(list(snap.keys.items())[:20])
+            r = await client._http.put(f"{base}/keys", json={"keys": part})
+            assert r.status_code == 200 and r.json() == {"staged": 20}
+            r = await client._http.put(f"{base}/keys", json={"keys": part})  # a retry
+            assert r.status_code == 200
+            r = await client._http.post(f"{base}/commit", json={"keys": len(snap.keys)})
+            assert r.status_code == 422 and "20 keys staged" in r.text
+            bad = {f"pc:{{{run_id}}}:stats:0": "AAAA"}
+            r = await client._http.put(f"{base}/keys", json={"keys": bad})
+            assert r.status_code == 422 and "not a valid DUMP payload" in r.text
+            now = await _run_keys(redis, run_id)
+            assert {k: v for k, v in now.items() if b":restore:" not in k} == after
+            # A committed restore, committed again (a retry), is a no-op.
+            items = list(snap.keys.items())
+            for start in range(20, len(items), 20):
+                rest = dict(items[start : start + 20])
+                r = await client._http.put(f"{base}/keys", json={"keys": rest})
+                assert r.status_code == 200, r.text
+            first = await client._http.post(f"{base}/commit", json={"keys": len(snap.keys)})
+            again = await client._http.post(f"{base}/commit", json={"keys": len(snap.keys)})
+            assert first.status_code == again.status_code == 200 and first.json() == again.json()
+            assert not [k async for k in redis.scan_iter(match=f"pc:{{{run_id}}}:restore:*")]
+    finally:
+        proc.stop()
