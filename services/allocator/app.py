@@ -192,7 +192,9 @@ def _add_routes(app: FastAPI) -> None:
     async def snapshot_page(
         run_id: RunId,
         store: Store,
-        cursor: Annotated[int, Query(ge=0, description="0, then the previous `next_cursor`.")] = 0,
+        cursor: Annotated[
+            int, Query(ge=0, le=2**64 - 1, description="0, then the previous `next_cursor`.")
+        ] = 0,
         max_bytes: Annotated[
             int, Query(ge=1, le=64 * 1024 * 1024, description="Stop after this much base64.")
         ] = 4 * 1024 * 1024,

@@ -32,7 +32,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from services.allocator import models as m
 from services.allocator.core import (
@@ -99,6 +99,27 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'version', 0, 'gen', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 return false
+"""
+
+
+# Swap a staged restore into place. KEYS: state, run index, n staged keys, their n final
+# names, the run's other keys; ARGV: n, new generation, restore id, run id. Every staged
+# key is checked before the first write, so the script does all of it or nothing.
+_SWAP = """
+local n = tonumber(ARGV[1])
+for i = 3, n + 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return redis.error_reply('staged key missing: ' .. KEYS[i])
+  end
+end
+for i = 2 * n + 3, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 3, n + 2 do
+  redis.call('RENAME', KEYS[i], KEYS[i + n])
+  redis.call('PERSIST', KEYS[i + n])
+end
+redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'restored_from', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+return n
 """
 
 
@@ -288,14 +309,18 @@ class AllocatorStore:
         return len(staged)
 
     async def commit_restore(self, run_id: str, restore_id: str, expected_keys: int) -> None:
-        """Replace the run's keys by the `expected_keys` keys staged for `restore_id`, in
-        one MULTI/EXEC: all or nothing. A retry of a committed restore is a no-op.
+        """Replace the run's keys by the `expected_keys` keys staged for `restore_id`, at
+        once: all or nothing. A retry of a committed restore is a no-op.
 
         Invalid (422) when another number of keys is staged (a chunk is missing or came
         from another snapshot) or the config or state is missing; Conflict (409) when
-        the run keeps changing meanwhile. The staged keys are WATCHed, so once they are
-        there nothing in the EXEC can fail and no half-restored run is ever visible.
-        The cost: Redis holds the run twice while a restore is staged.
+        the run keeps changing meanwhile. The swap is one script (under a WATCH of the
+        run's state, in MULTI/EXEC): it checks that every staged key is still there
+        before its first write, so it either renames all of them into place, dropping
+        the run's other keys, or changes nothing. One script rather than a MULTI of
+        RENAMEs: at 10M prompts that is ~156k keys, and a MULTI of that many commands
+        spends seconds on the protocol alone. The cost: Redis holds the run twice while
+        a restore is staged, and is busy for the swap (measured in docs/allocator.md).
         """
         keys = RunKeys(run_id)
         temp = _staged_name(keys, restore_id, keys.prefix + ":")
@@ -305,7 +330,10 @@ class AllocatorStore:
                     await pipe.watch(keys.state)
                     if await pipe.hget(keys.state, "restored_from") == restore_id.encode():
                         return
-                    staged = [n async for n in _scan_names(self.redis, temp + "*")]
+                    found: set[str] = set()  # SCAN may return a key twice
+                    async for name in _scan_names(self.redis, keys.pattern):
+                        found.add(name)
+                    staged = sorted(n for n in found if n.startswith(temp))
                     if len(staged) != expected_keys:
                         raise Invalid(
                             f"restore {restore_id!r} has {len(staged)} keys staged, "
@@ -314,25 +342,32 @@ class AllocatorStore:
                     for needed in ("config", "state"):
                         if temp + needed not in staged:
                             raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
-                    await pipe.watch(*staged)
-                    old = [n async for n in _scan_names(self.redis, keys.pattern)]
+                    finals = [keys.prefix + ":" + name[len(temp) :] for name in staged]
+                    # The run's other keys; those named in `finals` are replaced by RENAME.
+                    stale = sorted(found - set(staged) - set(finals))
                     pipe.multi()
-                    for batch in _chunks([n for n in old if not n.startswith(temp)]):
-                        pipe.delete(*batch)
-                    for name in staged:
-                        final = keys.prefix + ":" + name[len(temp) :]
-                        pipe.rename(name, final)
-                        pipe.persist(final)
-                    # A restored run is a new incarnation (its config may differ).
-                    pipe.hset(
-                        keys.state, mapping={"gen": uuid.uuid4().hex, "restored_from": restore_id}
+                    pipe.eval(
+                        _SWAP,
+                        2 + 2 * len(staged) + len(stale),
+                        keys.state,
+                        RUNS_INDEX,
+                        *staged,
+                        *finals,
+                        *stale,
+                        len(staged),
+                        uuid.uuid4().hex,  # a restored run is a new incarnation
+                        restore_id,
+                        run_id,
                     )
-                    pipe.sadd(RUNS_INDEX, run_id)
                     await pipe.execute()
                     self._runs.pop(run_id, None)
                     return
                 except WatchError:
                     continue
+                except ResponseError as exc:
+                    if "staged key missing" in str(exc):
+                        raise Conflict(f"another restore of run {run_id!r} ran meanwhile") from None
+                    raise
         raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
     async def _drop_staged(self, keys: RunKeys, restore_id: str) -> None:

@@ -52,9 +52,19 @@ async def _dump_of(redis: Redis, kind: str, value: object) -> str:
     return base64.b64encode(payload).decode()
 
 
-async def _run_keys(redis: Redis, run_id: str) -> dict[bytes, bytes]:
-    names = [k async for k in redis.scan_iter(match=f"pc:{{{run_id}}}:*")]
-    return {k: await redis.dump(k) for k in sorted(names)}
+async def _run_keys(redis: Redis, run_id: str) -> dict[bytes, object]:
+    """Every key of the run and its content (DUMP bytes are no good to compare: a set's
+    element order may differ after a RESTORE)."""
+    out: dict[bytes, object] = {}
+    for name in sorted({k async for k in redis.scan_iter(match=f"pc:{{{run_id}}}:*")}):
+        kind = (await redis.type(name)).decode()
+        if kind == "string":
+            out[name] = await redis.get(name)
+        elif kind == "hash":
+            out[name] = await redis.hgetall(name)
+        else:
+            out[name] = await redis.smembers(name)
+    return out
 
 
 async def _started_run(client: AllocatorClient) -> tuple[str, m.Snapshot]:
