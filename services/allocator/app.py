@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.allocator import models as m
@@ -127,6 +128,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
+
+    async def redis_error(request: Request, exc: Exception) -> JSONResponse:
+        # BUSY: Redis is running a long script (e.g. a large restore's swap) and serves
+        # nothing else meanwhile; a retry later succeeds, like after an outage.
+        if "BUSY Redis is busy" in str(exc):  # also when wrapped by a pipeline
+            return await redis_down(request, exc)
+        return JSONResponse({"detail": f"redis error: {exc}"}, status_code=500)
+
+    app.add_exception_handler(ResponseError, redis_error)
 
 
 def _add_body_limit(app: FastAPI, limit: int) -> None:

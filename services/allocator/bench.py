@@ -110,12 +110,15 @@ async def snapshot_round_trip(client: AllocatorClient, redis: Redis, prompts: in
     last_bucket = await redis.hgetall(stats_key)
     await redis.delete(stats_key)  # the restore must bring it back
     peak = (await redis.info("memory"))["used_memory"]
+    await redis.slowlog_reset()
     start = time.perf_counter()
     after = await client.restore_snapshot("bench", snapshot)
     restore_s = time.perf_counter() - start
     assert after == before, "the restored run differs from the snapshot's"
     assert await redis.hgetall(stats_key) == last_bucket
+    slow = await redis.slowlog_get(1024)  # commands over 10 ms: what blocked Redis longest
     return {
+        "restore_longest_redis_command_ms": max((e["duration"] for e in slow), default=0) / 1000,
         "snapshot_keys": len(snapshot.keys),
         "snapshot_bytes": size,
         "snapshot_s": snapshot_s,
@@ -244,7 +247,8 @@ def main(argv: list[str]) -> int:
             console.print(
                 f"{r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
                 f"in {r['snapshot_keys']:,} keys, read in {r['snapshot_s']:.1f}s, restored in "
-                f"{r['restore_s']:.1f}s; bench process peak RSS "
+                f"{r['restore_s']:.1f}s (longest Redis command "
+                f"{r['restore_longest_redis_command_ms']:.0f} ms); bench process peak RSS "
                 f"{r['bench_max_rss_bytes'] / 2**30:.2f} GiB"
             )
     largest, smallest = rows[-1], rows[0]

@@ -19,6 +19,7 @@ from services.allocator import models as m
 from services.allocator.client import AllocatorClient
 from services.allocator.records import PromptStats
 from services.common.http import ServiceError
+from services.common.procs import free_port, start_redis
 from tests.allocator.test_service import NO_RETRY, PC, new_run_id, rewards_for, start_allocator
 
 JSON = {"content-type": "application/json"}
@@ -349,3 +350,32 @@ async def test_snapshot_larger_than_the_body_limit_round_trips(
             assert not [k async for k in redis.scan_iter(match=f"pc:{{{run_id}}}:restore:*")]
     finally:
         proc.stop()
+
+
+async def test_redis_busy_with_a_script_is_503(tmp_path: Path) -> None:
+    """While Redis runs a long script (a large restore's swap), other calls get BUSY from
+    Redis: the allocator answers 503 (the client retries), not 500."""
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path / "redis", appendonly=False)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    proc, url = start_allocator(redis_url, tmp_path)
+    busy = Redis.from_url(redis_url)
+    try:
+        await busy.config_set("lua-time-limit", 50)
+        async with AllocatorClient(url, policy=NO_RETRY) as client:
+            run_id = new_run_id()
+            await client.create_run(run_id, m.RunSpec(num_prompts=10, config=PC))
+            spin = (
+                "local s = tonumber(redis.call('TIME')[1]) + 3 "
+                "while tonumber(redis.call('TIME')[1]) < s do end"
+            )
+            script = asyncio.create_task(busy.eval(spin, 0))
+            await asyncio.sleep(0.5)
+            r = await client._http.get(f"/v1/runs/{run_id}")
+            assert r.status_code == 503 and "redis" in r.text, r.text
+            await script
+            assert (await client.summary(run_id)).run_id == run_id
+    finally:
+        await busy.aclose()
+        proc.stop()
+        redis_proc.stop()
