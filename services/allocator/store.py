@@ -56,7 +56,14 @@ T = TypeVar("T")
 P = ParamSpec("P")
 Writer = Callable[[Pipeline], None]
 _COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
-_NOT_TOTALS = _COUNTER_FIELDS | {"open_plan", "version", "plan_seq", "gen", "restored_from"}
+_NOT_TOTALS = _COUNTER_FIELDS | {
+    "open_plan",
+    "version",
+    "plan_seq",
+    "gen",
+    "restored_from",
+    "restoring",
+}
 _EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
 _RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
 _STAGE_TTL_MS = 3_600_000  # a restore's temporary keys outlive a crashed restore by this
@@ -74,6 +81,10 @@ class Invalid(ValueError):
     """The request is malformed for this run: a 422."""
 
 
+class _Torn(Conflict):
+    """The run changed while a snapshot page was read: a 409, or read it again."""
+
+
 class _StaleRun(Exception):
     """The cached config is not the run's current incarnation; reload it and start over."""
 
@@ -87,7 +98,10 @@ class Run:
     gen: str  # the incarnation this config belongs to ("" for runs created before gens)
 
     def check(self, state: dict[str, str]) -> None:
-        """_StaleRun unless `state` (the run's state hash as read) is of this incarnation."""
+        """_StaleRun unless `state` (the run's state hash as read) is of this incarnation;
+        Conflict (409) while a restore is being committed."""
+        if "restoring" in state:
+            raise Conflict(f"run {self.run_id!r} is being restored; retry when it is done")
         if not state or state.get("gen", "") != self.gen:
             raise _StaleRun(self.run_id)
 
@@ -102,24 +116,34 @@ return false
 """
 
 
-# Swap a staged restore into place. KEYS: state, run index, n staged keys, their n final
-# names, the run's other keys; ARGV: n, new generation, restore id, run id. Every staged
-# key is checked before the first write, so the script does all of it or nothing.
-_SWAP = """
-local n = tonumber(ARGV[1])
-for i = 3, n + 2 do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    return redis.error_reply('staged key missing: ' .. KEYS[i])
+# A restore's commit moves the staged keys into place in batches of this many keys, one
+# script each, so that Redis is never busy with one restore for long.
+_MOVE_BATCH = 2000
+# Move staged keys (KEYS[1..n]) to their final names (KEYS[n+1..2n]); a key already moved
+# by an interrupted commit is skipped.
+_MOVE = """
+local n = #KEYS / 2
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RENAME', KEYS[i], KEYS[i + n])
+    redis.call('PERSIST', KEYS[i + n])
   end
 end
-for i = 2 * n + 3, #KEYS do redis.call('DEL', KEYS[i]) end
-for i = 3, n + 2 do
-  redis.call('RENAME', KEYS[i], KEYS[i + n])
-  redis.call('PERSIST', KEYS[i + n])
-end
-redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'restored_from', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[4])
 return n
+"""
+# Finish a restore: the staged state (KEYS[1]) replaces the state (KEYS[2]), which drops
+# the `restoring` mark; a fresh generation (ARGV[1]); the run index (KEYS[3]).
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('HGET', KEYS[2], 'restored_from') == ARGV[2] then return 0 end
+  return redis.error_reply('staged state missing: ' .. KEYS[1])
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('PERSIST', KEYS[2])
+redis.call('HSET', KEYS[2], 'gen', ARGV[1], 'restored_from', ARGV[2])
+redis.call('HDEL', KEYS[2], 'restoring')
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
 """
 
 
@@ -149,6 +173,8 @@ class AllocatorStore:
         # Configs by run; each call checks that its config's generation is still current.
         self._runs: dict[str, Run] = {}
         self._create = redis.register_script(_CREATE)
+        self._move = redis.register_script(_MOVE)
+        self._finish = redis.register_script(_FINISH)
         load_all()
 
     # ---- runs ----
@@ -229,7 +255,7 @@ class AllocatorStore:
                     if page.next_cursor is None:
                         break
                     cursor = page.next_cursor
-            except Conflict:
+            except _Torn:
                 continue
             if len({p.version for p in pages}) == 1:
                 return m.Snapshot(
@@ -261,7 +287,7 @@ class AllocatorStore:
             run.check(state)
             now = f"{state['gen']}:{state.get('version', '0')}" if "gen" in state else ""
             if version is not None and now != version:
-                raise Conflict(f"run {run_id!r} changed while its snapshot was read; retry")
+                raise _Torn(f"run {run_id!r} changed while its snapshot was read; retry")
             version = now
             for name, dump in zip(names, dumps, strict=True):
                 if dump is not None:
@@ -309,18 +335,21 @@ class AllocatorStore:
         return len(staged)
 
     async def commit_restore(self, run_id: str, restore_id: str, expected_keys: int) -> None:
-        """Replace the run's keys by the `expected_keys` keys staged for `restore_id`, at
-        once: all or nothing. A retry of a committed restore is a no-op.
+        """Replace the run's keys by the `expected_keys` keys staged for `restore_id`: no
+        call ever sees a mix of the two. A retry of a committed restore is a no-op, and
+        a retry of an interrupted one finishes it.
 
         Invalid (422) when another number of keys is staged (a chunk is missing or came
         from another snapshot) or the config or state is missing; Conflict (409) when
-        the run keeps changing meanwhile. The swap is one script (under a WATCH of the
-        run's state, in MULTI/EXEC): it checks that every staged key is still there
-        before its first write, so it either renames all of them into place, dropping
-        the run's other keys, or changes nothing. One script rather than a MULTI of
-        RENAMEs: at 10M prompts that is ~156k keys, and a MULTI of that many commands
-        spends seconds on the protocol alone. The cost: Redis holds the run twice while
-        a restore is staged, and is busy for the swap (measured in docs/allocator.md).
+        another restore is being committed or the run keeps changing meanwhile.
+
+        How: one MULTI/EXEC (under a WATCH of the run's state) marks the state
+        `restoring` and deletes the run's keys the snapshot does not replace; from then
+        on every other call on the run gets 409. The staged keys are then renamed into
+        place by scripts of `_MOVE_BATCH` keys, and a last script puts the staged state
+        in place, which drops the mark. One script for everything would be simpler, but
+        at 10M prompts (~156k keys) it kept Redis busy for seconds, answering nothing
+        else. The cost: Redis holds the run twice while a restore is staged.
         """
         keys = RunKeys(run_id)
         temp = _staged_name(keys, restore_id, keys.prefix + ":")
@@ -328,47 +357,52 @@ class AllocatorStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(keys.state)
-                    if await pipe.hget(keys.state, "restored_from") == restore_id.encode():
+                    mark, done = map(
+                        _opt_s, await pipe.hmget(keys.state, ["restoring", "restored_from"])
+                    )
+                    if mark is None and done == restore_id:
                         return
+                    if mark is not None and mark != restore_id:
+                        raise Conflict(f"run {run_id!r} is being restored by restore {mark!r}")
                     found: set[str] = set()  # SCAN may return a key twice
                     async for name in _scan_names(self.redis, keys.pattern):
                         found.add(name)
                     staged = sorted(n for n in found if n.startswith(temp))
-                    if len(staged) != expected_keys:
-                        raise Invalid(
-                            f"restore {restore_id!r} has {len(staged)} keys staged, "
-                            f"the snapshot has {expected_keys}"
-                        )
-                    for needed in ("config", "state"):
-                        if temp + needed not in staged:
-                            raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
                     finals = [keys.prefix + ":" + name[len(temp) :] for name in staged]
-                    # The run's other keys; those named in `finals` are replaced by RENAME.
-                    stale = sorted(found - set(staged) - set(finals))
-                    pipe.multi()
-                    pipe.eval(
-                        _SWAP,
-                        2 + 2 * len(staged) + len(stale),
-                        keys.state,
-                        RUNS_INDEX,
-                        *staged,
-                        *finals,
-                        *stale,
-                        len(staged),
-                        uuid.uuid4().hex,  # a restored run is a new incarnation
-                        restore_id,
-                        run_id,
-                    )
-                    await pipe.execute()
-                    self._runs.pop(run_id, None)
-                    return
+                    if mark is None:
+                        if len(staged) != expected_keys:
+                            raise Invalid(
+                                f"restore {restore_id!r} has {len(staged)} keys staged, "
+                                f"the snapshot has {expected_keys}"
+                            )
+                        for needed in ("config", "state"):
+                            if temp + needed not in staged:
+                                raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
+                        # Keys the snapshot does not have; the others are replaced by RENAME.
+                        stale = sorted(found - set(staged) - set(finals))
+                        pipe.multi()
+                        pipe.hset(keys.state, "restoring", restore_id)
+                        for batch in _chunks(stale):
+                            pipe.delete(*batch)
+                        await pipe.execute()
+                    break
                 except WatchError:
                     continue
-                except ResponseError as exc:
-                    if "staged key missing" in str(exc):
-                        raise Conflict(f"another restore of run {run_id!r} ran meanwhile") from None
-                    raise
-        raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
+        else:
+            raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
+        moves = [(a, b) for a, b in zip(staged, finals, strict=True) if b != keys.state]
+        for group in _chunks(moves, _MOVE_BATCH):
+            await self._move(keys=[a for a, _ in group] + [b for _, b in group])
+        try:
+            await self._finish(
+                keys=[temp + "state", keys.state, RUNS_INDEX],
+                args=[uuid.uuid4().hex, restore_id, run_id],  # a restored run is new
+            )
+        except ResponseError as exc:
+            if "staged state missing" in str(exc):
+                raise Invalid(f"restore {restore_id!r} lost its staged keys (expired?)") from None
+            raise
+        self._runs.pop(run_id, None)
 
     async def _drop_staged(self, keys: RunKeys, restore_id: str) -> None:
         pattern = _staged_name(keys, restore_id, keys.prefix + ":*")
@@ -982,6 +1016,10 @@ def _b(value: bytes | str) -> bytes:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _opt_s(value: bytes | str | None) -> str | None:
+    return None if value is None else _s(value)
 
 
 def _item_out(item: PlanItem) -> m.PlanItemOut:

@@ -379,3 +379,41 @@ async def test_redis_busy_with_a_script_is_503(tmp_path: Path) -> None:
         await busy.aclose()
         proc.stop()
         redis_proc.stop()
+
+
+async def test_interrupted_restore_commit_blocks_the_run_and_a_retry_finishes_it(
+    allocator: str, redis: Redis
+) -> None:
+    async with AllocatorClient(allocator, policy=NO_RETRY) as client:
+        run_id, snap = await _started_run(client)
+        prefix = f"pc:{{{run_id}}}"
+        contents = await _run_keys(redis, run_id)
+        plan = (await client.summary(run_id)).open_plan or ""
+        await client.abandon(run_id, plan)  # the run moves on
+        base = f"/v1/runs/{run_id}/restores/r2"
+        r = await client._http.put(f"{base}/keys", json={"keys": snap.keys})
+        assert r.status_code == 200
+        # A commit that marked the run and moved two keys, then died.
+        await redis.hset(f"{prefix}:state", "restoring", "r2")
+        for kind in ("buffer", "config"):
+            await redis.rename(f"{prefix}:restore:r2:{kind}", f"{prefix}:{kind}")
+            await redis.persist(f"{prefix}:{kind}")
+        for method, path in [("GET", ""), ("GET", "/snapshot"), ("POST", f"/plans/{plan}/abandon")]:
+            r = await client._http.request(method, f"/v1/runs/{run_id}{path}")
+            assert r.status_code == 409 and "being restored" in r.text, (path, r.text)
+        r = await client._http.post(f"/v1/runs/{run_id}/restores/r3/commit", json={"keys": 0})
+        assert r.status_code == 409 and "being restored by restore 'r2'" in r.text
+
+        r = await client._http.post(f"{base}/commit", json={"keys": len(snap.keys)})
+        assert r.status_code == 200 and r.json()["open_plan"] == plan, r.text
+        after = await _run_keys(redis, run_id)
+        state = f"{prefix}:state".encode()
+        assert {k: v for k, v in after.items() if k != state} == {
+            k: v for k, v in contents.items() if k != state
+        }
+        fresh = {b"gen", b"restored_from"}
+        assert {k: v for k, v in after[state].items() if k not in fresh} == {  # type: ignore[union-attr]
+            k: v
+            for k, v in contents[state].items()
+            if k not in fresh  # type: ignore[union-attr]
+        }
