@@ -196,8 +196,20 @@ async def test_clients_survive_a_server_that_drops_the_connection_after_a_500() 
     assert failures == 0, f"{failures}/200 calls after a 500 failed in transport"
 
 
-PATH_VALUES = {"run_id": "conf-run", "plan_id": "p-1", "prompt_id": "3", "step": "0"}
-BAD_PATH_VALUES = {"run_id": "bad id!", "plan_id": "p-1", "prompt_id": "x", "step": "x"}
+PATH_VALUES = {
+    "run_id": "conf-run",
+    "plan_id": "p-1",
+    "prompt_id": "3",
+    "step": "0",
+    "restore_id": "r1",
+}
+BAD_PATH_VALUES = {
+    "run_id": "bad id!",
+    "plan_id": "p-1",
+    "prompt_id": "x",
+    "step": "x",
+    "restore_id": "bad id!",
+}
 BODIES: list[bytes | None] = [None, b"{}", b'{"x": NaN}', b"not json", b"[]", b'{"items": 1}']
 
 

@@ -108,8 +108,8 @@ def read_curve(output: Path) -> tuple[list[tuple[int, float, float]], dict[str, 
     return curve, final
 
 
-async def allocator_counters(urls: StackUrls, run_id: str) -> dict[str, int]:
-    async with AllocatorClient(urls.allocator_url) as client:
+async def allocator_counters(urls: StackUrls, run_id: str, token: str | None) -> dict[str, int]:
+    async with AllocatorClient(urls.allocator_url, token=token) as client:
         return (await client.summary(run_id)).counters
 
 
@@ -130,7 +130,7 @@ def run_one(
     with Logbook(out, config.run.steps, Console(quiet=True)) as logbook:
         asyncio.run(train(config, out, urls, logbook))
     curve, final = read_curve(out)
-    counters = asyncio.run(allocator_counters(urls, run_id))
+    counters = asyncio.run(allocator_counters(urls, run_id, config.services.allocator_token))
     console.log(f"{out.parent.parent.name} {strategy} seed {seed}: "
                 f"acc {curve[0][1]:.3f} -> best {max(a for _, a, _ in curve):.3f} "
                 f"in {final['rollouts_total']:,} rollouts, {final['wall_s']:.0f}s")  # fmt: skip

@@ -3,21 +3,28 @@
 Errors are translated once, here: unknown ids 404, state conflicts 409, malformed input
 422, oversized bodies 413, a missing or wrong token 401, Redis unreachable 503 (the
 client reconnects by itself on the next request once Redis is back).
+
+Auth: with a token set, every `/v1/...` call needs `Authorization: Bearer <token>`, reads
+included (they hand out a run's whole state). It is checked by the outermost middleware,
+before the body is read or validated, so a call without the token gets 401 whatever its
+body. `/health`, `/ready`, `/metrics` and the OpenAPI schema stay open for probes and
+scrapers; they tell nothing about any run.
 """
 
 from __future__ import annotations
 
 import gc
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.allocator import models as m
@@ -28,7 +35,9 @@ from services.common.errors import document_errors, install_error_handlers, inva
 from services.common.metrics import instrument
 
 RunId = Annotated[str, Path(pattern=m.RUN_ID_PATTERN, description="The run's id.")]
-_bearer = HTTPBearer(auto_error=False)
+RestoreId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The caller's id of one restore.")
+]
 
 
 def get_store(request: Request) -> AllocatorStore:
@@ -37,22 +46,6 @@ def get_store(request: Request) -> AllocatorStore:
 
 
 Store = Annotated[AllocatorStore, Depends(get_store)]
-
-
-def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    token = request.app.state.settings.token
-    if token and (credentials is None or credentials.credentials != token):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-Mutating = [Depends(require_token)]
 
 
 def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
@@ -86,12 +79,36 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     app.state.settings = settings
     registry = CollectorRegistry()
     instrument(app, "allocator", registry)
-    app.state.rewards_total = Counter("allocator_rewards", "Rewards ingested.", registry=registry)
+    app.state.rewards_total = Counter(
+        "allocator_rewards", "Rewards applied (a retried report counts once).", registry=registry
+    )
     _add_error_handlers(app)
     install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
+    if settings.token:
+        _add_auth(app, settings.token)  # added last: runs first, before the body limit
     _add_routes(app)
     document_errors(app, _error_codes)
     return app
+
+
+def _add_auth(app: FastAPI, token: str) -> None:
+    """401 for a `/v1/...` call without `Authorization: Bearer <token>` (the scheme in any
+    case, the token compared in constant time), before anything reads its body."""
+    expected = token.encode()
+
+    @app.middleware("http")
+    async def auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path.startswith("/v1/") or request.url.path == "/v1":
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+                return JSONResponse(
+                    {"detail": "a valid bearer token is required"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await call_next(request)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -116,10 +133,21 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
 
+    async def redis_error(request: Request, exc: Exception) -> JSONResponse:
+        # BUSY: Redis is running a long script (e.g. a large restore's swap) and serves
+        # nothing else meanwhile; a retry later succeeds, like after an outage.
+        if "BUSY Redis is busy" in str(exc):  # also when wrapped by a pipeline
+            return await redis_down(request, exc)
+        return JSONResponse({"detail": f"redis error: {exc}"}, status_code=500)
+
+    app.add_exception_handler(ResponseError, redis_error)
+
 
 def _error_codes(method: str, path: str) -> list[int]:
     """The statuses of the handlers above, per route, for the OpenAPI (document_errors)."""
     codes = [] if path == "/health" else [503]
+    if path.startswith("/v1"):
+        codes.append(401)  # the auth middleware's, with a token set
     if "{run_id}" in path:
         codes += [404] if method == "GET" else [404, 409]
     return codes
@@ -141,7 +169,7 @@ def _add_routes(app: FastAPI) -> None:
     async def list_runs(store: Store) -> list[str]:
         return await store.list_runs()
 
-    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, dependencies=Mutating, tags=["runs"])
+    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, tags=["runs"])
     async def create_run(run_id: RunId, spec: m.RunSpec, store: Store) -> m.RunCreated:
         """Create a run; repeating it with the same spec is a no-op, another spec is 409."""
         _, created = await store.create_run(run_id, spec)
@@ -151,7 +179,7 @@ def _add_routes(app: FastAPI) -> None:
     async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
         return await store.summary(run_id)
 
-    @app.delete("/v1/runs/{run_id}", dependencies=Mutating, tags=["runs"])
+    @app.delete("/v1/runs/{run_id}", tags=["runs"])
     async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
         return {"deleted_keys": await store.delete_run(run_id)}
 
@@ -163,7 +191,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.put(
         "/v1/runs/{run_id}/snapshot",
         response_model=m.RunSummary,
-        dependencies=Mutating,
         tags=["runs"],
     )
     async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
@@ -171,9 +198,46 @@ def _add_routes(app: FastAPI) -> None:
         await store.restore_snapshot(run_id, body)
         return await store.summary(run_id)
 
-    @app.post(
-        "/v1/runs/{run_id}/plan", response_model=m.Plan, dependencies=Mutating, tags=["rounds"]
+    @app.get("/v1/runs/{run_id}/snapshot/pages", response_model=m.SnapshotPage, tags=["runs"])
+    async def snapshot_page(
+        run_id: RunId,
+        store: Store,
+        cursor: Annotated[
+            int, Query(ge=0, le=2**64 - 1, description="0, then the previous `next_cursor`.")
+        ] = 0,
+        max_bytes: Annotated[
+            int, Query(ge=1, le=64 * 1024 * 1024, description="Stop after this much base64.")
+        ] = 4 * 1024 * 1024,
+    ) -> m.SnapshotPage:
+        """One page of the run's snapshot, for runs too large for one answer; the client
+        reads pages until `next_cursor` is null and checks they carry one `version`."""
+        return await store.snapshot_page(run_id, cursor, max_bytes)
+
+    @app.put(
+        "/v1/runs/{run_id}/restores/{restore_id}/keys",
+        response_model=m.RestoreStaged,
+        tags=["runs"],
     )
+    async def stage_restore(
+        run_id: RunId, restore_id: RestoreId, body: m.RestoreChunk, store: Store
+    ) -> m.RestoreStaged:
+        """Stage one chunk of a snapshot for a restore chosen by the caller (`restore_id`,
+        fresh per restore); the run is not touched until the commit."""
+        return m.RestoreStaged(staged=await store.stage_restore(run_id, restore_id, body.keys))
+
+    @app.post(
+        "/v1/runs/{run_id}/restores/{restore_id}/commit",
+        response_model=m.RunSummary,
+        tags=["runs"],
+    )
+    async def commit_restore(
+        run_id: RunId, restore_id: RestoreId, body: m.RestoreCommit, store: Store
+    ) -> m.RunSummary:
+        """Replace the run's state with the staged snapshot, all at once; idempotent."""
+        await store.commit_restore(run_id, restore_id, body.keys)
+        return await store.summary(run_id)
+
+    @app.post("/v1/runs/{run_id}/plan", response_model=m.Plan, tags=["rounds"])
     async def plan(run_id: RunId, body: m.PlanRequest, store: Store) -> m.Plan:
         """Plan the next round (pilot + commit items under one plan id)."""
         return await store.plan(run_id, body.request_id)
@@ -181,21 +245,20 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/plans/{plan_id}/results",
         response_model=m.ResultsResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def results(
         run_id: RunId, plan_id: str, body: m.ResultsRequest, store: Store, request: Request
     ) -> m.ResultsResponse:
         """Report a plan's rewards; idempotent by plan id."""
-        answer = await store.report(run_id, plan_id, body.rewards)
-        request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
+        answer, applied = await store.report_applied(run_id, plan_id, body.rewards)
+        if applied:  # a retry is answered again but counted once
+            request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
         return answer
 
     @app.post(
         "/v1/runs/{run_id}/plans/{plan_id}/abandon",
         response_model=m.Plan,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def abandon(run_id: RunId, plan_id: str, store: Store) -> m.Plan:
@@ -205,7 +268,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/steps/{step}/complete",
         response_model=m.StepCompleteResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def complete_step(run_id: RunId, step: int, store: Store) -> m.StepCompleteResponse:
@@ -215,7 +277,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/epoch/complete",
         response_model=m.EpochCompleteResponse,
-        dependencies=Mutating,
         tags=["rounds"],
     )
     async def complete_epoch(run_id: RunId, store: Store) -> m.EpochCompleteResponse:
@@ -231,7 +292,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/evict",
         response_model=m.PromptStatsOut,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def evict(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
@@ -240,7 +300,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/restore",
         response_model=m.PromptStatsOut,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
@@ -249,7 +308,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
         response_model=m.EvidenceResponse,
-        dependencies=Mutating,
         tags=["prompts"],
     )
     async def evidence(

@@ -5,6 +5,11 @@ paper's 1.5B proportions (384 prompts x 32 pilot rollouts and 128 x 96 commit ro
 per round, i.e. up to 24,576 rewards per results call) is driven for a few steps with
 Bernoulli rewards from fixed per-prompt pass rates. Latencies are measured at the
 client, so they include HTTP, JSON and Redis round trips.
+
+With `--snapshot`, every prompt of the pool is then marked as seen (a statistics record
+each, written straight into Redis) and the run's snapshot is read in pages and restored
+in chunks through the client, as a trainer checkpoint and resume do: the snapshot's size
+and both times are reported, and the restored run is checked against the original.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +31,8 @@ from rich.table import Table
 
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
+from services.allocator.keys import BUCKET_SIZE, RunKeys
+from services.allocator.records import RECORD_SIZE
 from services.common.procs import free_port, start_redis, start_service
 
 PAPER_CONFIG = {
@@ -57,7 +65,72 @@ def rewards_for(plan: m.Plan, rng: np.random.Generator) -> list[list[float]]:
     ]
 
 
-async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Progress) -> dict:
+async def mark_all_seen(redis: Redis, prompts: int) -> None:
+    """A statistics record for every prompt (varied values, as a long run leaves them)."""
+    rng = np.random.default_rng(1)
+    keys = RunKeys("bench")
+    layout = np.dtype(
+        [("rollouts", "<u4"), ("successes", "<u4"), ("reward_sum", "<f4"), ("rate", "<f4"),
+         ("std", "<f4"), ("last_step", "<i4"), ("status", "u1"), ("outcome", "u1"),
+         ("streaks", "u1", 2), ("aux", "<f4", 2), ("aux_step", "<i4")]
+    )  # fmt: skip
+    assert layout.itemsize == RECORD_SIZE
+    per_batch = 1000 * BUCKET_SIZE
+    for start in range(0, prompts, per_batch):
+        n = min(per_batch, prompts - start)
+        rec = np.zeros(n, layout)
+        rec["rollouts"] = rng.integers(32, 512, n)
+        rec["successes"] = rec["rollouts"] // rng.integers(1, 8, n)
+        rec["reward_sum"] = rec["successes"]
+        rec["rate"] = rng.integers(0, 33, n) / 32
+        rec["std"] = rng.random(n)
+        rec["last_step"] = rng.integers(0, 5000, n)
+        rec["outcome"] = rng.integers(1, 8, n)
+        rec["aux_step"] = -1
+        raw = rec.tobytes()
+        async with redis.pipeline(transaction=False) as pipe:
+            for b in range(start // BUCKET_SIZE, (start + n + BUCKET_SIZE - 1) // BUCKET_SIZE):
+                lo = b * BUCKET_SIZE - start
+                fields = {
+                    str(i): raw[(lo + i) * RECORD_SIZE : (lo + i + 1) * RECORD_SIZE]
+                    for i in range(min(BUCKET_SIZE, n - lo))
+                }
+                pipe.hset(f"{keys.prefix}:stats:{b}", mapping=fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+async def snapshot_round_trip(client: AllocatorClient, redis: Redis, prompts: int) -> dict:
+    await mark_all_seen(redis, prompts)
+    before = await client.summary("bench")
+    start = time.perf_counter()
+    snapshot = await client.snapshot("bench")
+    snapshot_s = time.perf_counter() - start
+    size = len(snapshot.model_dump_json())
+    stats_key = f"{RunKeys('bench').prefix}:stats:{(prompts - 1) // BUCKET_SIZE}"
+    last_bucket = await redis.hgetall(stats_key)
+    await redis.delete(stats_key)  # the restore must bring it back
+    peak = (await redis.info("memory"))["used_memory"]
+    await redis.slowlog_reset()
+    start = time.perf_counter()
+    after = await client.restore_snapshot("bench", snapshot)
+    restore_s = time.perf_counter() - start
+    assert after == before, "the restored run differs from the snapshot's"
+    assert await redis.hgetall(stats_key) == last_bucket
+    slow = await redis.slowlog_get(1024)  # commands over 10 ms: what blocked Redis longest
+    return {
+        "restore_longest_redis_command_ms": max((e["duration"] for e in slow), default=0) / 1000,
+        "snapshot_keys": len(snapshot.keys),
+        "snapshot_bytes": size,
+        "snapshot_s": snapshot_s,
+        "restore_s": restore_s,
+        "redis_bytes_before_restore": peak,
+        "bench_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+async def drive(
+    url: str, redis_url: str, prompts: int, steps: int, progress: Progress, snapshot: bool
+) -> dict:
     rng = np.random.default_rng(0)
     redis = Redis.from_url(redis_url)
     base_memory = (await redis.info("memory"))["used_memory"]
@@ -85,9 +158,11 @@ async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Pr
             await client.complete_step("bench", step)
             progress.advance(task)
         summary = await client.summary("bench")
-    used = (await redis.info("memory"))["used_memory"] - base_memory
+        used = (await redis.info("memory"))["used_memory"] - base_memory
+        extra = await snapshot_round_trip(client, redis, prompts) if snapshot else {}
     await redis.aclose()
     return {
+        **extra,
         "prompts": prompts,
         "steps": steps,
         "rounds": len(plan_ms),
@@ -103,7 +178,9 @@ async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Pr
     }
 
 
-def bench_pool(prompts: int, steps: int, workdir: Path, progress: Progress) -> dict:
+def bench_pool(
+    prompts: int, steps: int, workdir: Path, progress: Progress, snapshot: bool = False
+) -> dict:
     redis_port, port = free_port(), free_port()
     redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -116,7 +193,8 @@ def bench_pool(prompts: int, steps: int, workdir: Path, progress: Progress) -> d
             log_dir=workdir,
             env={"PC_ALLOCATOR_REDIS_URL": redis_url},
         )
-        return asyncio.run(drive(f"http://127.0.0.1:{port}", redis_url, prompts, steps, progress))
+        url = f"http://127.0.0.1:{port}"
+        return asyncio.run(drive(url, redis_url, prompts, steps, progress, snapshot))
     finally:
         if service:
             service.stop()
@@ -153,12 +231,26 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per pool")
     parser.add_argument("--json", type=Path, help="write the results as one JSON object")
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="then mark every prompt seen and time a snapshot and a restore of the run",
+    )
     args = parser.parse_args(argv)
     pools = [int(x) for x in args.prompts.split(",")]
     console = Console()
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
-        rows = [bench_pool(n, args.steps, Path(tmp), progress) for n in pools]
+        rows = [bench_pool(n, args.steps, Path(tmp), progress, args.snapshot) for n in pools]
     console.print(table(rows))
+    for r in rows:
+        if "snapshot_bytes" in r:
+            console.print(
+                f"{r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
+                f"in {r['snapshot_keys']:,} keys, read in {r['snapshot_s']:.1f}s, restored in "
+                f"{r['restore_s']:.1f}s (longest Redis command "
+                f"{r['restore_longest_redis_command_ms']:.0f} ms); bench process peak RSS "
+                f"{r['bench_max_rss_bytes'] / 2**30:.2f} GiB"
+            )
     largest, smallest = rows[-1], rows[0]
     report = {
         **{k: v for k, v in rows[-1].items()},

@@ -17,6 +17,7 @@ from services.allocator import models as m
 from services.common.http import RetryPolicy, request
 
 M = TypeVar("M", bound=BaseModel)
+CHUNK_BYTES = 4 * 1024 * 1024  # snapshot pages and restore chunks: a quarter of the body limit
 
 
 class AllocatorClient:
@@ -74,12 +75,52 @@ class AllocatorClient:
     async def summary(self, run_id: str) -> m.RunSummary:
         return await self._call(m.RunSummary, "GET", f"/v1/runs/{run_id}")
 
-    async def snapshot(self, run_id: str) -> m.Snapshot:
-        return await self._call(m.Snapshot, "GET", f"/v1/runs/{run_id}/snapshot")
+    async def snapshot(
+        self, run_id: str, *, page_bytes: int = CHUNK_BYTES, attempts: int = 8
+    ) -> m.Snapshot:
+        """Every key of the run, read in pages of about `page_bytes` of base64 (each answer
+        stays far below the body limits whatever the run's size). Pages read while the
+        run changed (their `version`s differ) are thrown away and the read starts over,
+        up to `attempts` times; then RuntimeError."""
+        for _ in range(attempts):
+            keys: dict[str, str] = {}
+            versions: set[str] = set()
+            cursor: int | None = 0
+            while cursor is not None:
+                page = await self._call(
+                    m.SnapshotPage,
+                    "GET",
+                    f"/v1/runs/{run_id}/snapshot/pages?cursor={cursor}&max_bytes={page_bytes}",
+                )
+                keys.update(page.keys)
+                versions.add(page.version)
+                cursor = page.next_cursor
+            if len(versions) == 1:
+                return m.Snapshot(run_id=run_id, keys=keys)
+        raise RuntimeError(f"run {run_id!r} kept changing while its snapshot was read")
 
-    async def restore_snapshot(self, run_id: str, snapshot: m.Snapshot) -> m.RunSummary:
+    async def restore_snapshot(
+        self, run_id: str, snapshot: m.Snapshot, *, chunk_bytes: int = CHUNK_BYTES
+    ) -> m.RunSummary:
+        """Replace the run's state with `snapshot`, all or nothing: staged in chunks of
+        about `chunk_bytes` of base64 under a fresh restore id, then committed at once.
+        A 422 names a bad key (nothing changed); retries are safe."""
+        if snapshot.run_id != run_id:
+            raise ValueError(f"snapshot of run {snapshot.run_id!r} is not one of {run_id!r}")
+        restore = uuid.uuid4().hex
+        base = f"/v1/runs/{run_id}/restores/{restore}"
+        chunk: dict[str, str] = {}
+        size = 0
+        for name, value in snapshot.keys.items():
+            chunk[name] = value
+            size += len(name) + len(value)
+            if size >= chunk_bytes:
+                await self._call(m.RestoreStaged, "PUT", f"{base}/keys", {"keys": chunk})
+                chunk, size = {}, 0
+        if chunk:
+            await self._call(m.RestoreStaged, "PUT", f"{base}/keys", {"keys": chunk})
         return await self._call(
-            m.RunSummary, "PUT", f"/v1/runs/{run_id}/snapshot", snapshot.model_dump()
+            m.RunSummary, "POST", f"{base}/commit", {"keys": len(snapshot.keys)}
         )
 
     async def plan(self, run_id: str, request_id: str | None = None) -> m.Plan:

@@ -6,10 +6,18 @@ slot and a MULTI/EXEC over them is legal. The run index is the only key outside 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 RUNS_INDEX = "pc:runs"
 BUCKET_SIZE = 64  # prompts per statistics hash; small enough for Redis's listpack encoding
+# Every kind of key a run has (the name after `pc:{run}:`) and its Redis type; a snapshot
+# holding any other name or type is refused.
+_KINDS = [
+    (re.compile(r"config|last_step_done|(plan|result|taken):[^:]+"), "string"),
+    (re.compile(r"state|buffer|requests|applied|evidence|stats:\d+"), "hash"),
+    (re.compile(r"evict_pending|step_trained|step_plans"), "set"),
+]
 
 
 class RunKeys:
@@ -47,6 +55,20 @@ class RunKeys:
     @property
     def pattern(self) -> str:
         return f"{self.prefix}:*"
+
+    @property
+    def restore_prefix(self) -> str:
+        """Temporary keys of a restore in progress (same hash tag; never in a snapshot)."""
+        return f"{self.prefix}:restore:"
+
+    def redis_type(self, name: str) -> str | None:
+        """The Redis type ("string", "hash", "set") a key of this run has; None when `name`
+        is not a key of this run."""
+        head = self.prefix + ":"
+        if not name.startswith(head):
+            return None
+        rest = name[len(head) :]
+        return next((kind for pattern, kind in _KINDS if pattern.fullmatch(rest)), None)
 
     def plan(self, plan_id: str) -> str:
         return f"{self.prefix}:plan:{plan_id}"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from services.allocator.core import Role
 from services.allocator.strategies import config_models
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A reward is a JSON number (an int is taken as a float); strings and booleans are refused.
+Reward = Annotated[float, Strict()]
 
 if TYPE_CHECKING:
     from services.allocator.core import StrategyConfig as AnyStrategyConfig
@@ -91,7 +93,7 @@ def _check_reward_list(rewards: list[float]) -> list[float]:
 
 
 class ResultsRequest(_Model):
-    rewards: list[list[float]] = Field(
+    rewards: list[list[Reward]] = Field(
         description="One list per plan item, in plan order, with exactly `n` rewards in [0, 1]."
     )
 
@@ -168,7 +170,7 @@ class EvidenceRequest(_Model):
         description="Idempotency key chosen by the caller: evidence already applied under "
         "this id is not applied again.",
     )
-    rewards: list[float] = Field(
+    rewards: list[Reward] = Field(
         min_length=1,
         max_length=1_000_000,
         description="Rewards in [0, 1] of answers to this prompt sampled outside the run's "
@@ -216,6 +218,34 @@ class Snapshot(_Model):
 
     run_id: str
     keys: dict[str, str] = Field(description="Key name -> base64 of Redis DUMP.")
+
+
+class SnapshotPage(_Model):
+    """One page of a run's snapshot (`GET /v1/runs/{run}/snapshot/pages`)."""
+
+    run_id: str
+    version: str = Field(
+        description="`gen:version` of the run's state the page was read at: every page of "
+        "one snapshot must carry the same (the run did not change in between); otherwise "
+        "start again from cursor 0."
+    )
+    keys: dict[str, str] = Field(description="Key name -> base64 of Redis DUMP.")
+    next_cursor: int | None = Field(description="Cursor of the next page; null: the last one.")
+
+
+class RestoreChunk(_Model):
+    keys: dict[str, str] = Field(
+        description="Some keys of a snapshot (name -> base64 of Redis DUMP); a restore "
+        "stages its snapshot in chunks that each fit the body limit."
+    )
+
+
+class RestoreStaged(_Model):
+    staged: int = Field(description="Keys of this chunk staged.")
+
+
+class RestoreCommit(_Model):
+    keys: int = Field(ge=0, description="Number of keys in the whole snapshot.")
 
 
 class Health(_Model):

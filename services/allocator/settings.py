@@ -15,7 +15,9 @@ class AllocatorSettings(BaseSettings):
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding all state.")
     token: str | None = Field(
-        None, description="When set, mutating endpoints require `Authorization: Bearer <token>`."
+        None,
+        description="When set, every /v1 call (reads too) requires `Authorization: Bearer "
+        "<token>`; /health, /ready, /metrics and the OpenAPI schema stay open.",
     )
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Larger request bodies are refused with 413."

@@ -26,6 +26,7 @@ PC = {
     "exclude_threshold": 1.0,
 }
 NO_RETRY = RetryPolicy(attempts=1)
+JSON_TYPE = {"content-type": "application/json"}
 
 
 def start_allocator(redis_url: str, log_dir: Path, **env: str) -> tuple[ManagedProcess, str]:
@@ -180,7 +181,9 @@ async def test_ops_endpoints_and_openapi(allocator: str) -> None:
         )
 
 
-async def test_token_guards_mutations(redis_url: str, log_dir: Path) -> None:
+async def test_token_guards_every_run_call(redis_url: str, log_dir: Path) -> None:
+    """With a token set, every /v1 call needs it, reads included, and auth comes before
+    body validation; /health, /ready and /metrics stay open (probes, scrapers)."""
     proc, url = start_allocator(redis_url, log_dir, PC_ALLOCATOR_TOKEN="s3cret")
     try:
         spec = m.RunSpec(num_prompts=5, config=PC)
@@ -188,11 +191,42 @@ async def test_token_guards_mutations(redis_url: str, log_dir: Path) -> None:
             with pytest.raises(ServiceError) as info:
                 await anonymous.create_run(new_run_id(), spec)
             assert info.value.status == 401
-        async with AllocatorClient(url, token="s3cret") as client:
-            run_id = new_run_id()
+        run_id = new_run_id()
+        async with AllocatorClient(url, token="s3cret", policy=NO_RETRY) as client:
             assert (await client.create_run(run_id, spec)).created
-            async with httpx.AsyncClient() as http:  # reads stay open
-                assert (await http.get(f"{url}/v1/runs/{run_id}")).status_code == 200
+            # The client sends its token on reads too.
+            assert (await client.summary(run_id)).run_id == run_id
+            assert (await client.prompt(run_id, 1)).prompt_id == 1
+            snapshot = await client.snapshot(run_id)
+            assert (await client.restore_snapshot(run_id, snapshot)).run_id == run_id
+        reads = ["/v1/runs", f"/v1/runs/{run_id}", f"/v1/runs/{run_id}/snapshot",
+                 f"/v1/runs/{run_id}/prompts/1", "/v1/runs/nope"]  # fmt: skip
+        bad_bodies = [
+            ("PUT", f"/v1/runs/{run_id}", '{"num_prompts": "x"}'),
+            ("POST", f"/v1/runs/{run_id}/plan", '{"bad": 1}'),
+            ("POST", f"/v1/runs/{run_id}/plan", "{not json"),
+            ("POST", f"/v1/runs/{run_id}/plans/p1/results", '{"rewards": "x"}'),
+            ("PUT", f"/v1/runs/{run_id}/snapshot", '{"keys": 1}'),
+            ("PUT", "/v1/runs/bad%20id", "{}"),
+        ]
+        async with httpx.AsyncClient(base_url=url) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                for path in reads:
+                    r = await http.get(path, headers=headers)
+                    assert r.status_code == 401, (path, headers, r.text)
+                    assert r.headers["www-authenticate"] == "Bearer"
+                    assert "bearer token" in r.json()["detail"]
+                for method, path, body in bad_bodies:
+                    r = await http.request(
+                        method, path, content=body, headers={**headers, **JSON_TYPE}
+                    )
+                    assert r.status_code == 401, (method, path, body, r.text)
+            for path in ("/health", "/ready", "/metrics"):
+                assert (await http.get(path)).status_code == 200, path
+            good = {"Authorization": "bearer s3cret"}  # the scheme in any case
+            assert run_id in (await http.get("/v1/runs", headers=good)).json()
+            r = await http.post(f"/v1/runs/{run_id}/plan", content="{not json", headers=good)
+            assert r.status_code == 422
     finally:
         proc.stop()
 
