@@ -226,16 +226,21 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
         # server's initial ones: start from ours.
         await trainer.push_weights()
         if trainer.step == 0:
-            logbook.write(await trainer.evaluate())
+            with logbook.phase("evaluate step 0"):
+                row = await trainer.evaluate()
+            logbook.write(row)
         while not finished(trainer, config):
             before = trainer.tally.rollouts_total
             logbook.write(await trainer.train_step())
             last = finished(trainer, config)
             if last or eval_due(config, trainer.step, before, trainer.tally.rollouts_total):
-                logbook.write(await trainer.evaluate())
+                with logbook.phase(f"evaluate step {trainer.step}"):
+                    row = await trainer.evaluate()
+                logbook.write(row)
             ckpt = config.run.checkpoint_every
             if last or (ckpt and trainer.step % ckpt == 0):
-                await save_checkpoint(trainer, output)
+                with logbook.phase(f"checkpoint step {trainer.step}"):
+                    await save_checkpoint(trainer, output)
 
 
 def finished(trainer: Trainer, config: TrainerConfig) -> bool:

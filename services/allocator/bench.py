@@ -26,6 +26,7 @@ from rich.table import Table
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
 from services.common.procs import free_port, start_redis, start_service
+from services.common.progress import LineProgress, progress
 
 PAPER_CONFIG = {
     "strategy": "pilot_commit",
@@ -57,7 +58,9 @@ def rewards_for(plan: m.Plan, rng: np.random.Generator) -> list[list[float]]:
     ]
 
 
-async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Progress) -> dict:
+async def drive(
+    url: str, redis_url: str, prompts: int, steps: int, progress: Progress | LineProgress
+) -> dict:
     rng = np.random.default_rng(0)
     redis = Redis.from_url(redis_url)
     base_memory = (await redis.info("memory"))["used_memory"]
@@ -103,7 +106,7 @@ async def drive(url: str, redis_url: str, prompts: int, steps: int, progress: Pr
     }
 
 
-def bench_pool(prompts: int, steps: int, workdir: Path, progress: Progress) -> dict:
+def bench_pool(prompts: int, steps: int, workdir: Path, progress: Progress | LineProgress) -> dict:
     redis_port, port = free_port(), free_port()
     redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -156,8 +159,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     pools = [int(x) for x in args.prompts.split(",")]
     console = Console()
-    with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
-        rows = [bench_pool(n, args.steps, Path(tmp), progress) for n in pools]
+    with tempfile.TemporaryDirectory() as tmp, progress(console) as display:
+        rows = [bench_pool(n, args.steps, Path(tmp), display) for n in pools]
     console.print(table(rows))
     largest, smallest = rows[-1], rows[0]
     report = {
