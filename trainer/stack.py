@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
         model = ensure_tiny().model_dir
     console = Console()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     stack = EmbeddedStack(
         args.workdir, model, args.generation_servers, console, generation=args.generation
@@ -148,7 +148,9 @@ def main(argv: list[str]) -> int:
         console.print(f"verifier   {urls.verifier_url}")
         for url in urls.generation_urls:
             console.print(f"generation {url}")
-        console.print(f"logs in {args.workdir / 'logs'}; Ctrl-C stops everything")
+        console.print(
+            f"logs in {args.workdir / 'logs'}; Ctrl-C (or SIGTERM, SIGHUP) stops everything"
+        )
         stop.wait()
     console.print("stopped")
     return 0
