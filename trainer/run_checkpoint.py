@@ -86,7 +86,9 @@ def latest(output: Path) -> Path | None:
     """The checkpoint directory to resume from, or None when `output` has none.
 
     The pointer's target if it is complete; else a legacy plain `checkpoint/` directory
-    if it is complete; else the complete `checkpoint-<step>/` with the highest step.
+    if it is complete; else the complete `checkpoint-<step>/` with the highest step; else
+    a complete `checkpoint.tmp/` (the previous version deleted `checkpoint/` before
+    renaming it, and wrote allocator.json last, so a kill in between left it complete).
     """
     pointer = output / POINTER
     if pointer.is_symlink():
@@ -96,7 +98,10 @@ def latest(output: Path) -> Path | None:
     elif _complete(pointer):
         return pointer  # written by a version without step directories
     found = candidates(output)
-    return found[0][1] if found else None
+    if found:
+        return found[0][1]
+    legacy_tmp = output / "checkpoint.tmp"
+    return legacy_tmp if _complete(legacy_tmp) else None
 
 
 def save(output: Path, step: int, write: Callable[[Path], None]) -> Path:
@@ -124,7 +129,8 @@ def save(output: Path, step: int, write: Callable[[Path], None]) -> Path:
     _fsync_dir(tmp)
     _fs_step()
     if final.exists():  # this step saved before, by a run resumed from an older one
-        if latest(output) == final.resolve():
+        current = latest(output)
+        if current is not None and current.resolve() == final.resolve():
             raise RuntimeError(f"{final} is already the latest checkpoint")
         shutil.rmtree(final)
         _fs_step()
@@ -151,9 +157,9 @@ def save(output: Path, step: int, write: Callable[[Path], None]) -> Path:
     _fsync_dir(output)
     _fs_step()
     for child in sorted(output.iterdir()):
+        # .tmp: a save killed half-way, or the previous version's checkpoint.tmp
         stale = child.name == "checkpoint-legacy" or child.name.endswith(".tmp")
         stale = stale or (bool(_DIR.match(child.name)) and child.name != final.name)
-        stale = stale or child.name == "checkpoint.tmp"  # the previous version's scratch
         if stale and child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
             _fs_step()

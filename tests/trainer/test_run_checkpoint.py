@@ -113,3 +113,13 @@ def test_kill_at_random_instants_of_a_loop_of_saves(tmp_path: Path) -> None:
         # Every save that reported done is loadable (or a newer one is).
         assert step >= (printed[-1] if printed else 0)
     assert kills == 15 and step > 0
+
+
+def test_previous_versions_crash_leftover_is_resumed(tmp_path: Path) -> None:
+    # The previous version deleted checkpoint/ and was killed before renaming
+    # checkpoint.tmp/: the run "already has N steps" and refused to start.
+    legacy_checkpoint(tmp_path, 4)
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.tmp")
+    assert loaded_step(tmp_path) == 4
+    assert save(tmp_path, 5) == 0 and loaded_step(tmp_path) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint-000005"]
