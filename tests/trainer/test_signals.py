@@ -76,7 +76,7 @@ class Command:
     def wait_for(self, text: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
+            if text in " ".join(" ".join(self.lines).split()):  # rich may wrap a long line
                 return
             if self.proc.poll() is not None:
                 break
@@ -86,9 +86,13 @@ class Command:
 
 @pytest.fixture
 def started() -> Iterator[list[int]]:
-    """Pids this test saw; any still alive at the end are killed (ours alone)."""
+    """Pids of the commands this test started and of their processes; whatever of them
+    is still alive at the end (a failed test) is killed, ours alone."""
     pids: list[int] = []
     yield pids
+    for pid in list(pids):
+        if _stat(pid) is not None:
+            pids += descendants(pid)
     for pid in pids:
         if _stat(pid) is not None:
             os.kill(pid, signal.SIGKILL)
@@ -96,7 +100,7 @@ def started() -> Iterator[list[int]]:
 
 def stop_and_check(command: Command, sig: signal.Signals, least: int, started: list[int]) -> None:
     children = descendants(command.proc.pid)
-    started += [command.proc.pid, *children]
+    started += children
     assert len(children) >= least, children
     os.kill(command.proc.pid, sig)
     rc = command.proc.wait(90)
@@ -114,6 +118,7 @@ def stop_and_check(command: Command, sig: signal.Signals, least: int, started: l
 def test_up(sig: signal.Signals, assets: Path, tmp_path: Path, started: list[int]) -> None:
     argv = ["up", "--model", str(assets / "model"), "--workdir", str(tmp_path / "stack")]
     command = Command(argv, tmp_path)
+    started.append(command.proc.pid)
     command.wait_for("stops everything", 180)
     stop_and_check(command, sig, 4, started)  # redis, allocator, verifier, generation
 
@@ -145,6 +150,7 @@ n = 6
 """
     )
     command = Command(["train", str(config), "--output", str(tmp_path / "run")], tmp_path)
+    started.append(command.proc.pid)
     command.wait_for("evaluate step 0", 240)  # the stack is up, the run is in its loop
     stop_and_check(command, sig, 4, started)
 
@@ -152,5 +158,6 @@ n = 6
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_bench(sig: signal.Signals, tmp_path: Path, started: list[int]) -> None:
     command = Command(["bench", "allocator", "--prompts", "1000", "--steps", "100000"], tmp_path)
+    started.append(command.proc.pid)
     command.wait_for("1,000 prompts: started", 120)  # its redis-server and allocator are up
     stop_and_check(command, sig, 2, started)
