@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that run one service until stopped; the rest run work and the processes it needs.
+SERVERS = {"allocator", "verifier", "generation"}
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: pilot-commit <command> [args...]", "", "commands:"]
@@ -44,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pilot-commit: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result: int = module.main(rest)
+    if name in SERVERS:
+        result: int = module.main(rest)  # uvicorn handles its own signals
+        return result
+    # SIGTERM, SIGINT and SIGHUP stop every process the command started (procs.py).
+    from services.common.procs import stop_on_signals
+
+    with stop_on_signals():
+        result = module.main(rest)
     return result
 
 

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from services.allocator.client import AllocatorClient
 from services.allocator.strategies import load_all
+from services.common.progress import progress
 from trainer.cli import train
 from trainer.config import TrainerConfig, load_config
 from trainer.logbook import Logbook
@@ -304,11 +305,15 @@ def run_benchmark(args: argparse.Namespace, regimes: list[int], strategies: list
         for pct in regimes:
             regime = built.paths[pct / 100]
             manifest = next(r for r in built.manifest["regimes"] if round(r["target"] * 100) == pct)
-            runs = [
-                run_one(args, urls, regime, tiny.model_dir, s, seed,
-                        args.output / f"regime-{pct}" / s / f"seed{seed}", console)
-                for s in strategies for seed in range(args.seeds)
-            ]  # fmt: skip
+            runs = []
+            with progress(console) as display:  # a line per run when not a terminal
+                task = display.add_task(f"regime {pct} runs", total=len(strategies) * args.seeds)
+                for s in strategies:
+                    for seed in range(args.seeds):
+                        runs.append(run_one(args, urls, regime, tiny.model_dir, s, seed,
+                                            args.output / f"regime-{pct}" / s / f"seed{seed}",
+                                            console))  # fmt: skip
+                        display.advance(task)
             summary = summarize_regime(pct, runs, rng, manifest)
             print_regime(console, summary)
             if args.plot:

@@ -26,6 +26,7 @@ from services.allocator.client import AllocatorClient
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
 from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.verifier.client import VerifierClient
+from trainer import run_checkpoint
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.generation.client import GenerationClient
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
@@ -173,8 +174,8 @@ async def clients(
 async def prepare_run(trainer: Trainer, config: TrainerConfig, output: Path) -> None:
     """Create the allocator run, or put it back in the checkpoint's state on resume."""
     alloc = trainer.services.allocator
-    checkpoint = output / "checkpoint"
-    if (checkpoint / "trainer.pt").exists():
+    checkpoint = run_checkpoint.latest(output)
+    if checkpoint is not None:
         trainer.restore(checkpoint)
         snapshot = am.Snapshot.model_validate_json((checkpoint / "allocator.json").read_text())
         await alloc.restore_snapshot(trainer.run_id, snapshot)
@@ -191,16 +192,16 @@ async def prepare_run(trainer: Trainer, config: TrainerConfig, output: Path) -> 
         )
 
 
-async def save_checkpoint(trainer: Trainer, output: Path) -> None:
-    tmp, final = output / "checkpoint.tmp", output / "checkpoint"
-    trainer.checkpoint(tmp)
+async def save_checkpoint(trainer: Trainer, output: Path) -> Path:
+    """Save the trainer and its allocator snapshot as `output/checkpoint-<step>/` and point
+    `output/checkpoint` at it; crash-safe (trainer/run_checkpoint.py). Returns the directory."""
     snapshot = await trainer.services.allocator.snapshot(trainer.run_id)
-    (tmp / "allocator.json").write_text(snapshot.model_dump_json())
-    if final.exists():
-        for child in final.iterdir():
-            child.unlink()
-        final.rmdir()
-    tmp.rename(final)
+
+    def write(directory: Path) -> None:
+        trainer.checkpoint(directory)
+        (directory / "allocator.json").write_text(snapshot.model_dump_json())
+
+    return run_checkpoint.save(output, trainer.step, write)
 
 
 async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: Logbook) -> None:
@@ -225,16 +226,21 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
         # server's initial ones: start from ours.
         await trainer.push_weights()
         if trainer.step == 0:
-            logbook.write(await trainer.evaluate())
+            with logbook.phase("evaluate step 0"):
+                row = await trainer.evaluate()
+            logbook.write(row)
         while not finished(trainer, config):
             before = trainer.tally.rollouts_total
             logbook.write(await trainer.train_step())
             last = finished(trainer, config)
             if last or eval_due(config, trainer.step, before, trainer.tally.rollouts_total):
-                logbook.write(await trainer.evaluate())
+                with logbook.phase(f"evaluate step {trainer.step}"):
+                    row = await trainer.evaluate()
+                logbook.write(row)
             ckpt = config.run.checkpoint_every
             if last or (ckpt and trainer.step % ckpt == 0):
-                await save_checkpoint(trainer, output)
+                with logbook.phase(f"checkpoint step {trainer.step}"):
+                    await save_checkpoint(trainer, output)
 
 
 def finished(trainer: Trainer, config: TrainerConfig) -> bool:

@@ -1,17 +1,23 @@
 """Run outputs: metrics.jsonl (one row per step and per evaluation), TensorBoard event
-files, and the live progress display."""
+files, and the progress display (a live bar on a terminal, log lines otherwise:
+services/common/progress.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from tensorboardX import SummaryWriter
+
+from services.common.progress import LineProgress, log_line, progress
 
 
 class Logbook:
@@ -20,16 +26,16 @@ class Logbook:
         self.console = console or Console()
         self._jsonl = (output / "metrics.jsonl").open("a")
         self._tb = SummaryWriter(str(output / "tensorboard"))
-        self._progress = Progress(
+        self._progress = progress(
+            self.console,
             TextColumn("[bold]step"),
             MofNCompleteColumn(),
             BarColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
-            console=self.console,
             transient=False,
         )
-        self._task = self._progress.add_task("train", total=total_steps, status="starting")
+        self._task = self._progress.add_task("train steps", total=total_steps, status="starting")
         self.last_eval: dict[str, Any] = {}
 
     def __enter__(self) -> Logbook:
@@ -77,3 +83,16 @@ class Logbook:
 
     def note(self, message: str) -> None:
         self.console.log(message)
+
+    @contextlib.contextmanager
+    def phase(self, what: str) -> Iterator[None]:
+        """Show `what` while it runs: the bar's status on a terminal, a line at its start
+        and one with its duration in seconds otherwise."""
+        if not isinstance(self._progress, LineProgress):
+            self._progress.update(self._task, status=what)
+            yield
+            return
+        started = time.monotonic()
+        log_line(self.console, f"{what} ...")
+        yield
+        log_line(self.console, f"{what}: done in {time.monotonic() - started:.1f}s")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,7 +285,9 @@ class Trainer:
         """Accuracy of answers sampled at temperature 1.0 (and greedy) on held-out prompts."""
         cfg = self.cfg
         count = min(cfg.eval.prompts, len(self.eval_data.answers))
-        sampled = await self._eval_accuracy(count, cfg.eval.samples, 1.0)
+        sampled, stderr = clustered_mean_stderr(
+            await self._eval_correct(count, cfg.eval.samples, 1.0)
+        )
         row: dict[str, Any] = {
             "kind": "eval",
             "step": self.step,
@@ -293,12 +297,15 @@ class Trainer:
             "rollouts_total": self.tally.rollouts_total,
             "wall_s": self.wall_s,
         }
-        row["eval_accuracy_stderr"] = (sampled * (1 - sampled) / (count * cfg.eval.samples)) ** 0.5
+        row["eval_accuracy_stderr"] = stderr
         if cfg.eval.greedy:
-            row["eval_accuracy_greedy"] = await self._eval_accuracy(count, 1, 0.0)
+            greedy, _ = clustered_mean_stderr(await self._eval_correct(count, 1, 0.0))
+            row["eval_accuracy_greedy"] = greedy
         return row
 
-    async def _eval_accuracy(self, count: int, samples: int, temperature: float) -> float:
+    async def _eval_correct(self, count: int, samples: int, temperature: float) -> list[list[bool]]:
+        """Whether each answer was right: `samples` answers for each of the first `count`
+        held-out prompts, grouped by prompt."""
         s = self.cfg.sampling
         params = SamplingParams(
             max_tokens=s.max_tokens,
@@ -320,7 +327,10 @@ class Trainer:
             for smp in c.samples
         ]
         results = await self.services.verifier.score(items)
-        return sum(r.correct for r in results) / len(results)
+        correct = [r.correct for r in results]
+        sizes = [len(c.samples) for c in completions]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [correct[start : start + size] for start, size in zip(starts, sizes, strict=True)]
 
     # ---- checkpoints ----
 
@@ -346,6 +356,28 @@ class Trainer:
         self.wall_s = state["wall_s"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
+
+
+def clustered_mean_stderr(correct: Sequence[Sequence[bool]]) -> tuple[float, float]:
+    """Accuracy and its standard error over prompts, each with one or more answers.
+
+    The accuracy is the mean over prompts of each prompt's share of right answers; the
+    standard error is the sample standard deviation (ddof 1) of those per-prompt shares
+    over sqrt(number of prompts). Answers to one prompt are correlated, so this clustered
+    error is the right one with several answers per prompt; with one answer each it
+    equals the binomial sqrt(p (1 - p) / (n - 1)). Both are in [0, 1]; the error is NaN
+    with fewer than two prompts. Raises ValueError when `correct` or a prompt's list is
+    empty.
+    """
+    if not correct or any(len(answers) == 0 for answers in correct):
+        raise ValueError("every prompt needs at least one answer")
+    shares = [sum(answers) / len(answers) for answers in correct]
+    n = len(shares)
+    mean = sum(shares) / n
+    if n < 2:
+        return mean, math.nan
+    variance = sum((x - mean) ** 2 for x in shares) / (n - 1)
+    return mean, math.sqrt(variance / n)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 Rollouts arrive as token ids (prompt + completion) with the generation server's logprobs;
 this module re-scores them with the trainer's model, forms group advantages and takes
-`mini_batches` optimiser updates with gradient accumulation over micro-batches.
+`mini_batches` optimiser updates with gradient accumulation over micro-batches. The model
+stays in eval mode throughout: dropout is off for scoring and for the updates, whatever
+the model's config sets.
 """
 
 from __future__ import annotations
@@ -92,7 +94,11 @@ class Policy:
             model_path, dtype=torch_dtype
         )
         self.model.to(self.device)  # type: ignore[arg-type]
-        self.model.train()
+        # Dropout is off for the whole run, scoring and updates alike (as TRL's and verl's
+        # RL trainers do): with it on, old logprobs, the loss's ratio and the mismatch
+        # metric would each carry their own noise. eval() only switches dropout off here;
+        # gradients flow as in train().
+        self.model.eval()
         self.optim_cfg = optim
         self.pad_id = int(self.model.config.pad_token_id or 0)
         self.optimizer = torch.optim.AdamW(

@@ -19,6 +19,7 @@ from typing import Literal
 from rich.console import Console
 
 from services.common.procs import ManagedProcess, free_port, start_redis, start_service
+from services.common.progress import stage
 
 
 @dataclass
@@ -46,18 +47,21 @@ class EmbeddedStack:
         logs = self.workdir / "logs"
         atexit.register(self.stop)  # also on an exit that skips the context manager
         try:
-            with self.console.status("starting the embedded stack") as status:
-                redis_port = free_port()
-                status.update(f"redis-server on port {redis_port}")
+            redis_port = free_port()
+            with stage(self.console, f"stack: redis-server on port {redis_port}"):
                 self.procs.append(start_redis(redis_port, self.workdir / "redis"))
-                redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            with stage(self.console, "stack: allocator"):
                 allocator = self._service(
                     "allocator", ["allocator", "serve"], logs, {"PC_ALLOCATOR_REDIS_URL": redis_url}
                 )
+            with stage(self.console, "stack: verifier"):
                 verifier = self._service("verifier", ["verifier", "serve"], logs, {})
-                generation = []
-                for i in range(self.generation_servers if self.generation else 0):
-                    status.update(f"{self.generation} generation server {i} (vLLM: minutes)")
+            generation = []
+            for i in range(self.generation_servers if self.generation else 0):
+                what = f"stack: {self.generation} generation server {i}"
+                slow = " (minutes)" if self.generation == "vllm" else ""
+                with stage(self.console, what + slow):
                     generation.append(self._generation(i, logs))
         except BaseException:
             self.stop()
@@ -133,7 +137,7 @@ def main(argv: list[str]) -> int:
         model = ensure_tiny().model_dir
     console = Console()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     stack = EmbeddedStack(
         args.workdir, model, args.generation_servers, console, generation=args.generation
@@ -144,7 +148,9 @@ def main(argv: list[str]) -> int:
         console.print(f"verifier   {urls.verifier_url}")
         for url in urls.generation_urls:
             console.print(f"generation {url}")
-        console.print(f"logs in {args.workdir / 'logs'}; Ctrl-C stops everything")
+        console.print(
+            f"logs in {args.workdir / 'logs'}; Ctrl-C (or SIGTERM, SIGHUP) stops everything"
+        )
         stop.wait()
     console.print("stopped")
     return 0

@@ -34,6 +34,7 @@ from services.allocator.client import AllocatorClient
 from services.allocator.keys import BUCKET_SIZE, RunKeys
 from services.allocator.records import RECORD_SIZE
 from services.common.procs import free_port, start_redis, start_service
+from services.common.progress import LineProgress, progress
 
 PAPER_CONFIG = {
     "strategy": "pilot_commit",
@@ -129,7 +130,12 @@ async def snapshot_round_trip(client: AllocatorClient, redis: Redis, prompts: in
 
 
 async def drive(
-    url: str, redis_url: str, prompts: int, steps: int, progress: Progress, snapshot: bool
+    url: str,
+    redis_url: str,
+    prompts: int,
+    steps: int,
+    progress: Progress | LineProgress,
+    snapshot: bool,
 ) -> dict:
     rng = np.random.default_rng(0)
     redis = Redis.from_url(redis_url)
@@ -179,7 +185,11 @@ async def drive(
 
 
 def bench_pool(
-    prompts: int, steps: int, workdir: Path, progress: Progress, snapshot: bool = False
+    prompts: int,
+    steps: int,
+    workdir: Path,
+    progress: Progress | LineProgress,
+    snapshot: bool = False,
 ) -> dict:
     redis_port, port = free_port(), free_port()
     redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
@@ -239,8 +249,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     pools = [int(x) for x in args.prompts.split(",")]
     console = Console()
-    with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
-        rows = [bench_pool(n, args.steps, Path(tmp), progress, args.snapshot) for n in pools]
+    with tempfile.TemporaryDirectory() as tmp, progress(console) as display:
+        rows = [bench_pool(n, args.steps, Path(tmp), display, args.snapshot) for n in pools]
     console.print(table(rows))
     for r in rows:
         if "snapshot_bytes" in r:

@@ -127,7 +127,9 @@ class PromptStats:
         )
 
     def with_status(self, status: Status, outcome: Outcome | None = None) -> PromptStats:
-        return replace(self, status=status, last_outcome=outcome or self.last_outcome)
+        """A copy with `status`, and `outcome` unless it is None (Outcome.NONE is set)."""
+        last = self.last_outcome if outcome is None else outcome
+        return replace(self, status=status, last_outcome=last)
 
 
 @dataclass(frozen=True)

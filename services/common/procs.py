@@ -3,11 +3,20 @@
 Used by `pilot-commit up`, the trainer's embedded mode, the benchmarks and the test
 fixtures. Every process started here is tracked by its own handle and stopped through
 it: nothing is ever killed by name or port.
+
+A child never outlives its parent: on Linux each is started with a parent-death signal
+(`prctl(PR_SET_PDEATHSIG, SIGTERM)`), so even a parent killed with SIGKILL takes its
+redis-server and services down with it. The kernel sends that signal when the *thread*
+that started the child ends, so start children from a thread that lives as long as the
+process (the main thread, as every caller here does). A parent stopped by SIGTERM, SIGINT
+or SIGHUP stops its children through their handles first (`stop_on_signals`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -15,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +61,23 @@ def find_redis_server() -> str:
     return str(bundled)
 
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A `preexec_fn`: SIGTERM to the child when its parent dies (Linux; a no-op
+    elsewhere), and exit at once if the parent is already gone (it died before this ran)."""
+
+    def set_pdeathsig() -> None:
+        if sys.platform.startswith("linux"):
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_pdeathsig
+
+
 @dataclass
 class ManagedProcess:
     """A child process we started, with its log file; stopped only through this handle."""
@@ -70,7 +96,8 @@ class ManagedProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
-            start_new_session=True,
+            start_new_session=True,  # our own signals only: Ctrl-C reaches us, we stop it
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         log.close()
         return self
@@ -108,6 +135,32 @@ class ManagedProcess:
         if self.proc is not None and self.proc.poll() is None:
             self._signal_group(signal.SIGKILL)
             self.proc.wait(5)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: Sequence[signal.Signals] = STOP_SIGNALS) -> Iterator[None]:
+    """Inside, SIGTERM, SIGINT and SIGHUP raise SystemExit(128 + signal number) in the main
+    thread, so every `with` block and `finally` clause runs and stops the processes it
+    started (exit status 143, 130, 129: as if killed by it, as shells report). Further
+    signals while stopping are ignored; the children's parent-death signal still covers a
+    SIGKILL. The previous handlers are back on leaving. Main thread only."""
+
+    def handler(signum: int, frame: object) -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"pilot-commit: {name}, stopping what was started", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def wait_http_ok(proc: ManagedProcess, url: str, timeout: float = 60.0) -> None:

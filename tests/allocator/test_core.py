@@ -85,6 +85,13 @@ def test_prompt_stats_round_trip_is_40_bytes() -> None:
     assert math.isnan(PromptStats.unpack(None).pilot_pass_rate)
 
 
+def test_with_status_can_set_outcome_none() -> None:
+    # Outcome.NONE is 0, so `outcome or previous` used to keep the previous outcome.
+    stats = PromptStats(last_outcome=Outcome.PASS)
+    assert stats.with_status(Status.ACTIVE, Outcome.NONE).last_outcome is Outcome.NONE
+    assert stats.with_status(Status.ACTIVE).last_outcome is Outcome.PASS
+
+
 def test_buffer_entry_round_trip() -> None:
     e = BufferEntry(123456789, 4, 17, 0.5, 0.5, (1.0, 0.0, 0.25))
     assert BufferEntry.unpack(e.pack()) == e

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from services.common.progress import LineProgress
+
 
 # Bump when the code changes what a build produces, so stale caches are not reused.
 BUILD_VERSION = 1
@@ -122,7 +124,11 @@ def is_built(root: Path) -> bool:
 
 
 def build(
-    out_root: Path, config: SmolLM2Config, *, force: bool = False, progress: Progress | None = None
+    out_root: Path,
+    config: SmolLM2Config,
+    *,
+    force: bool = False,
+    progress: Progress | LineProgress | None = None,
 ) -> SmolLM2Artifacts:
     """Build into `build_dir(out_root, config, gguf)` unless it is already there.
 
@@ -149,7 +155,7 @@ def build(
 
 
 @contextmanager
-def _step(progress: Progress | None, what: str) -> Iterator[None]:
+def _step(progress: Progress | LineProgress | None, what: str) -> Iterator[None]:
     """Show `what` as one line of `progress` (spinner, elapsed time) while it runs."""
     if progress is None:
         yield
@@ -159,7 +165,9 @@ def _step(progress: Progress | None, what: str) -> Iterator[None]:
     progress.update(task, completed=1)
 
 
-def _build_into(root: Path, config: SmolLM2Config, gguf: Path, progress: Progress | None) -> None:
+def _build_into(
+    root: Path, config: SmolLM2Config, gguf: Path, progress: Progress | LineProgress | None
+) -> None:
     started = time.monotonic()
     with _step(progress, f"dequantise {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)"):
         model, tokenizer = load_gguf(gguf)

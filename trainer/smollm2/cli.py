@@ -32,6 +32,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from services.common.progress import LineProgress, progress
 from trainer.smollm2.build import (
     SmolLM2Artifacts,
     SmolLM2Config,
@@ -71,14 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
+def _progress(console: Console) -> Progress | LineProgress:
+    """A bar on a terminal, log lines otherwise (services/common/progress.py)."""
+    return progress(
+        console,
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
     )
 
 

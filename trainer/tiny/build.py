@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from services.common.progress import log_line, stage
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 from trainer.tiny.regimes import (
     CLASSES,
@@ -121,6 +123,11 @@ def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArt
     if is_built(final) and not force:
         return TinyArtifacts.at(final)
     out_root.mkdir(parents=True, exist_ok=True)
+    log_line(
+        Console(),
+        f"building the tiny model and task into {final} (minutes; cached afterwards, "
+        f"{config.warm_start.steps:,} warm-start steps on {BUILD_THREADS} threads)",
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=out_root))
     try:
         with torch_threads(BUILD_THREADS):
@@ -134,10 +141,13 @@ def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArt
 
 
 def _build_into(root: Path, config: TinyConfig) -> None:
+    """Every stage writes a line when it starts and ends (or shows a bar on a terminal)."""
     started = time.monotonic()
-    train_rows, test_rows = generate_splits(config.seed, config.task)
-    write_jsonl(root / "data" / "train.jsonl", train_rows)
-    write_jsonl(root / "data" / "test.jsonl", test_rows)
+    console = Console()
+    with stage(console, "tiny build: generate the task's train/test splits"):
+        train_rows, test_rows = generate_splits(config.seed, config.task)
+        write_jsonl(root / "data" / "train.jsonl", train_rows)
+        write_jsonl(root / "data" / "test.jsonl", test_rows)
     tokenizer = build_tokenizer()
     shape = asdict(config.model)
     model = init_model(tiny_llama_config(tokenizer, **shape), config.seed)
@@ -162,6 +172,7 @@ def _build_into(root: Path, config: TinyConfig) -> None:
     }
     (root / "config.json").write_text(json.dumps(calibration["config"], indent=2) + "\n")
     (root / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    log_line(console, f"tiny build: done in {calibration['wall_seconds']}s")
 
 
 def _portable_tokenizer_class(model_dir: Path) -> None:
@@ -246,10 +257,13 @@ def _estimate_splits(
     train_rows = load_rows(artifacts.train_path)
     train_rows = random.Random(seed).sample(train_rows, min(config.train_pool, len(train_rows)))
     test_rows = load_rows(artifacts.test_path)
-    return {
-        "train": estimate_pass_rates(model, tokenizer, train_rows, config, seed),
-        "test": estimate_pass_rates(model, tokenizer, test_rows, config, seed + 2),
-    }
+    console = Console()
+    out = {}
+    for split, rows, split_seed in (("train", train_rows, seed), ("test", test_rows, seed + 2)):
+        what = f"regimes: estimate pass rates of {len(rows):,} {split} prompts"
+        with stage(console, what):
+            out[split] = estimate_pass_rates(model, tokenizer, rows, config, split_seed)
+    return out
 
 
 def _estimate_key(config: RegimeConfig) -> dict:

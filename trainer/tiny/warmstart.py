@@ -24,9 +24,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from services.common.progress import progress, stage
 from trainer.algos import lr_factor
 from trainer.tiny.sampling import accuracy, pass_counts
 from trainer.tiny.task import LADDER, level_of, sample_problem
@@ -194,22 +202,26 @@ def warm_start(
     seed: int,
     level_weights: Sequence[float],
 ) -> WarmStartResult:
-    """Train with a progress bar, then report greedy and sampled test accuracy."""
+    """Train with a progress display, then report greedy and sampled test accuracy.
+
+    Progress goes to stdout: a bar on a terminal, a line every 5% otherwise."""
     total = config.steps
     excluded = {row["prompt"] for row in test_rows}
     started = time.monotonic()
+    console = Console()
     columns = (
-        TextColumn("warm start"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"),
     )
-    with Progress(*columns) as progress:
-        task = progress.add_task("train", total=total, loss=float("nan"))
+    with progress(console, *columns) as display:
+        task = display.add_task("warm start steps", total=total, loss=float("nan"))
 
         def on_step(step: int, loss: float) -> None:
-            progress.update(task, advance=1, loss=loss)
+            display.update(task, advance=1, loss=loss)
 
         train(
             model,
@@ -221,9 +233,11 @@ def warm_start(
             on_step=on_step,
         )
     train_seconds = time.monotonic() - started
-    greedy, sampled, per_level = evaluate(
-        model, tokenizer, test_rows, samples=config.eval_samples, seed=seed
-    )
+    what = f"warm start: evaluate on {len(test_rows):,} test prompts"
+    with stage(console, f"{what} (greedy + {config.eval_samples} sampled)"):
+        greedy, sampled, per_level = evaluate(
+            model, tokenizer, test_rows, samples=config.eval_samples, seed=seed
+        )
     result = WarmStartResult(
         greedy, sampled, config.eval_samples, len(test_rows), train_seconds, per_level
     )
