@@ -197,6 +197,19 @@ class Trainer:
             groups.append(rollouts)
         return groups
 
+    def _release(self, done: am.StepCompleteResponse) -> None:
+        """Drop the stored pilot rollouts of every prompt that is no longer in the
+        allocator's buffer at the end of a step, whatever took it out: expiry, or a call
+        the trainer never saw (a manual eviction, an external epoch end). Afterwards the
+        stored prompts are exactly the allocator's buffer."""
+        if done.buffer is None:  # an older allocator: only what expired is known
+            for prompt_id in done.expired:
+                self.pilots.pop(prompt_id, None)
+            return
+        keep = set(done.buffer)
+        for prompt_id in [p for p in self.pilots if p not in keep]:
+            del self.pilots[prompt_id]
+
     # ---- one step ----
 
     async def collect_batch(self) -> StepResult:
@@ -234,8 +247,7 @@ class Trainer:
         batch.phase_s["train"] += time.perf_counter() - t
         t = time.perf_counter()
         done = await self.services.allocator.complete_step(self.run_id, self.step)
-        for prompt_id in done.expired:
-            self.pilots.pop(prompt_id, None)
+        self._release(done)
         batch.phase_s["allocate"] += time.perf_counter() - t
         t = time.perf_counter()
         landing = await self.push_weights()

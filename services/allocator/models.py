@@ -138,6 +138,13 @@ class StepCompleteResponse(_Model):
     expired: list[int] = Field(
         description="Buffered prompts that expired; the trainer may drop their pilot rollouts."
     )
+    buffer: list[int] | None = Field(
+        default=None,
+        description="Every prompt in the buffer once the step is complete, sorted. The trainer "
+        "keeps stored pilot rollouts for these prompts only, so an entry that left the buffer "
+        "by any route (expiry, a manual eviction, an external epoch end) is released. None in "
+        "answers stored by an older allocator.",
+    )
 
 
 class EpochCompleteResponse(_Model):

@@ -791,6 +791,7 @@ class AllocatorStore:
                 step=step + 1,
                 epoch=counters.epoch,
                 expired=[e.prompt_id for e in expired],
+                buffer=sorted({e.prompt_id for e in buffer} - {e.prompt_id for e in expired}),
             )
 
             def write(pipe: Pipeline) -> None:

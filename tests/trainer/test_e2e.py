@@ -12,6 +12,7 @@ import httpx
 import pytest
 import torch
 
+from services.allocator.keys import RunKeys
 from services.common.http import ServiceUnavailable
 from services.common.procs import start_service
 from tests.assets import fitted_tiny_assets
@@ -251,3 +252,44 @@ async def test_landing_probe_passes_the_served_weights_and_catches_others(
     with pytest.raises(WeightLandingError, match=r"step 7: .*did not land on .*at most"):
         await probe.check(other, [url], version, step=7)
     await probe.aclose()
+
+
+def test_stored_pilots_equal_the_allocator_buffer(
+    assets: Path, stack: StackUrls, tmp_path: Path
+) -> None:
+    """Entries that leave the allocator's buffer by routes the trainer never sees (a manual
+    eviction, an external epoch end) are released in the trainer at the next step's end:
+    its stored pilot rollouts are then exactly the allocator's buffer."""
+    import redis
+
+    allocation = {**STRATEGIES["pilot_commit"], "gen_batch_size": 12}
+    config = make_config(assets, allocation, run={"steps": 4, "run_id": "released"})
+    data = _data(config)
+    db = redis.Redis.from_url(stack.redis_url)
+    buffer_key = RunKeys("released").buffer
+
+    def allocator_buffer() -> set[int]:
+        return {int(k) for k in db.hkeys(buffer_key)}
+
+    async def scenario() -> list[tuple[set[int], set[int]]]:
+        out = tmp_path / "out"
+        seen = []
+        with Logbook(out, 4) as logbook:
+            async with clients(config, stack, out, data) as services:
+                trainer = await _start_trainer(config, out, services, logbook, data)
+                await trainer.train_step()
+                while not allocator_buffer():
+                    await trainer.train_step()
+                seen.append((set(trainer.pilots), allocator_buffer()))
+                victim = min(allocator_buffer())
+                await services.allocator.evict("released", victim)  # not via the trainer
+                assert victim in trainer.pilots and victim not in allocator_buffer()
+                await services.allocator.complete_epoch("released")  # flushes the buffer
+                await trainer.train_step()
+                seen.append((set(trainer.pilots), allocator_buffer()))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0][1], "the run never buffered a prompt"
+    for stored, buffered in seen:
+        assert stored == buffered
