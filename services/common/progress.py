@@ -182,15 +182,19 @@ def progress(
     console = console or Console()
     if not console.is_terminal:
         return LineProgress(console)
-    if not columns:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-    return Progress(*columns, console=console, **kwargs)
+    return Progress(*(columns or default_columns()), console=console, **kwargs)
+
+
+def default_columns() -> tuple[ProgressColumn, ...]:
+    """Description, bar, count, elapsed and time left: add a column with
+    `progress(console, *default_columns(), TextColumn(...))`."""
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 @contextlib.contextmanager

@@ -25,16 +25,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import TextColumn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from services.common.progress import progress, stage
+from services.common.progress import default_columns, progress, stage
 from trainer.algos import lr_factor
 from trainer.tiny.sampling import accuracy, pass_counts
 from trainer.tiny.task import LADDER, level_of, sample_problem
@@ -209,14 +203,7 @@ def warm_start(
     excluded = {row["prompt"] for row in test_rows}
     started = time.monotonic()
     console = Console()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-    )
+    columns = (*default_columns(), TextColumn("loss {task.fields[loss]:.3f}"))
     with progress(console, *columns) as display:
         task = display.add_task("warm start steps", total=total, loss=float("nan"))
 
