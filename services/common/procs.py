@@ -7,9 +7,10 @@ it: nothing is ever killed by name or port.
 A child never outlives its parent: on Linux each is started with a parent-death signal
 (`prctl(PR_SET_PDEATHSIG, SIGTERM)`), so even a parent killed with SIGKILL takes its
 redis-server and services down with it. The kernel sends that signal when the *thread*
-that started the child ends, so start children from a thread that lives as long as the
-process (the main thread, as every caller here does). A parent stopped by SIGTERM, SIGINT
-or SIGHUP stops its children through their handles first (`stop_on_signals`).
+that started the child ends, so only children started from the main thread get it (as
+every caller here starts them); a child started from another thread is stopped through
+its handle only. A parent stopped by SIGTERM, SIGINT or SIGHUP stops its children through
+their handles first (`stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -97,7 +99,15 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,  # our own signals only: Ctrl-C reaches us, we stop it
-            preexec_fn=_die_with_parent(os.getpid()),
+            # The kernel sends the parent-death signal when the starting *thread* ends, so
+            # a child started from a worker thread (a test's helper thread, asyncio's
+            # to_thread) would be killed as soon as that thread returns: only children of
+            # the main thread get it; the others are stopped through their handles.
+            preexec_fn=(
+                _die_with_parent(os.getpid())
+                if threading.current_thread() is threading.main_thread()
+                else None
+            ),
         )
         log.close()
         return self

@@ -161,3 +161,20 @@ def test_bench(sig: signal.Signals, tmp_path: Path, started: list[int]) -> None:
     started.append(command.proc.pid)
     command.wait_for("1,000 prompts: started", 120)  # its redis-server and allocator are up
     stop_and_check(command, sig, 2, started)
+
+
+def test_a_child_started_from_a_worker_thread_outlives_that_thread(tmp_path: Path) -> None:
+    """The parent-death signal follows the starting thread, not the process: a child
+    started from a worker thread (as tests/vllm restarts vLLM) must not be killed when
+    that thread returns."""
+    from services.common.procs import ManagedProcess
+
+    proc = ManagedProcess("sleeper", ["sleep", "60"], tmp_path / "sleeper.log")
+    worker = threading.Thread(target=proc.start)
+    worker.start()
+    worker.join()
+    try:
+        time.sleep(1.0)
+        assert proc.proc is not None and proc.proc.poll() is None, "killed with its thread"
+    finally:
+        proc.stop()
