@@ -156,8 +156,13 @@ def _e_notation(o: Outcome) -> bool:
 
 
 def _grouped(o: Outcome) -> bool:
-    both = (o.extracted or "") + " " + o.item.reference
-    return bool(re.search(r"\d(?:,\\!|\{,\}|\\,|\\ |,)\d{3}", both))
+    sides = (o.extracted or "", o.item.reference)
+    return any(re.search(r"\d(?:,\\! ?|\{,\} ?|\\, ?|\\ | |,)\d{3}", side) for side in sides)
+
+
+def _decimal_comma(o: Outcome) -> bool:
+    sides = (o.extracted or "", o.item.reference)
+    return not o.project and any(re.search(r"\d,\d", side) for side in sides)
 
 
 def _exact_values(o: Outcome) -> bool:
@@ -202,6 +207,11 @@ RULES: list[tuple[str, Callable[[Outcome], bool]]] = [
     ("a box is \\boxed{} or \\fbox{}", lambda o: "\\fbox" in o.item.response),
     ("exact values compare exactly", _exact_values),
     ("equations compare as equations", _equations),
+    (
+        "an answer is judged whole",
+        lambda o: _is_table(o, "an answer is judged whole, never by a piece of it"),
+    ),
+    ("a comma is never a decimal point", _decimal_comma),
     ("thousands separators are one number", _grouped),
     ("plain numbers include e notation", _e_notation),
     ("numeric task: the number the response states or starts with", _task("numeric")),

@@ -166,14 +166,22 @@ def after_hashes(text: str) -> str | None:
     return answer or None
 
 
-# Thousands separators as MATH (`10,\\!000`), NuminaMath (`10{,}000`, `10\\,000`,
-# `10\\ 000`) and GSM8K (`10,000`) write them.
-_GROUP_SEPARATOR = r"(?:,\\!|\{,\}|\\,|\\!|\\ |,)"
-_NUMBER_TOKEN = re.compile(rf"-?(?:\d{{1,3}}(?:{_GROUP_SEPARATOR}\d{{3}})+(?!\d)|\d+)(?:\.\d+)?")
+# Thousands separators as MATH (`10,\\!000`, also with a space after it), NuminaMath
+# (`10{,}000`, `10\\,000`, `10\\ 000`) and GSM8K (`10,000`) write them. A first group
+# of 1-3 digits, not starting with 0 (`0,111` is not a grouped number), then groups of
+# exactly 3.
+_GROUP_SEPARATOR = r"(?:,\\! ?|\{,\} ?|\\, ?|\\! ?|\\ |,)"
+_FIRST_GROUP = r"[1-9]\d{0,2}"
+_NUMBER_TOKEN = re.compile(
+    rf"-?(?:{_FIRST_GROUP}(?:{_GROUP_SEPARATOR}\d{{3}})+(?!\d)|\d+)(?:\.\d+)?"
+)
 _LEADING_NUMBER = re.compile(rf"\s*({_NUMBER_TOKEN.pattern})")
-# The same without the bare comma, which inside an expression may separate list items; a
-# first group of 1-3 digits and then groups of exactly 3, or it is not a grouped number.
-_LATEX_GROUPED = re.compile(r"(?<![\d.])\d{1,3}(?:(?:,\\!|\{,\}|\\,|\\!|\\ )\d{3})+(?![\d])")
+# The same without the bare comma, which inside an expression may separate list items, and
+# with a plain space, which TeX ignores in math (`$1 000$` is typeset as 1000); not after
+# `^` or `_` (`x^2 100` is x squared times 100).
+_LATEX_GROUPED = re.compile(
+    rf"(?<![\d.^_]){_FIRST_GROUP}(?:(?:,\\! ?|\{{,\}} ?|\\, ?|\\! ?|\\ | )\d{{3}})+(?![\d])"
+)
 
 
 def ungroup(number: str) -> str:
@@ -297,7 +305,7 @@ _TRIG_DEGREES = re.compile(
     r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(-?\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?\s*\)?"
 )
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(rf"^-?{_FIRST_GROUP}(?:,\d{{3}})+(?:\.\d+)?$")
 _OPERATOR_SPACES = re.compile(r"\s*([=+\-*/^_(){}\[\]<>|])\s*")
 # One spelling for list commas, with the space that tells "-102, 102" from a number.
 _COMMA = re.compile(r"\s*,\s*")

@@ -23,26 +23,40 @@ def _boxed(answer: str) -> str:
     return "\\boxed{" + answer + "}"
 
 
+def _parse_whole(answer: str) -> list[Any]:
+    """math-verify's parse of the whole answer, or `[]` when its LaTeX parser rejects it.
+
+    Only the LaTeX extraction: math-verify's default list adds an expression extractor
+    that, when the LaTeX parse fails, takes a piece of the answer (`-[0,1)` parses as its
+    last number, 1, and then matches `1`). An answer is judged whole or not at all.
+    """
+    from math_verify import LatexExtractionConfig, parse
+
+    found = parse(_boxed(answer), [LatexExtractionConfig()], parsing_timeout=None)
+    return found if any(not isinstance(x, str) for x in found) else []
+
+
 @lru_cache(maxsize=4096)
 def _parse_reference(reference: str) -> tuple[Any, ...]:
-    from math_verify import parse
-
-    return tuple(parse(_boxed(reference), parsing_timeout=None))
+    return tuple(_parse_whole(reference))
 
 
 def judge(reference: str, answer: str) -> Reason:
     """`match`, `mismatch`, or `parse_error` for two normalised answers.
 
+    `parse_error` when math-verify's LaTeX parser reads either side only as a string (see
+    `_parse_whole`).
+
     math-verify decides, except that a match between numbers must also hold relatively
     (`values_agree`): its rounding to 6 decimals and its absolute `chop` call 1/2^98 and
     1/2^99 equal.
     """
-    from math_verify import parse, verify
+    from math_verify import verify
 
     gold = _parse_reference(reference)
     if not gold:
         return "parse_error"
-    pred = parse(_boxed(answer), parsing_timeout=None)
+    pred = _parse_whole(answer)
     if not pred:
         return "parse_error"
     same = verify(list(gold), pred, timeout_seconds=None)

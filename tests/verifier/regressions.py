@@ -38,6 +38,7 @@ LAST_ANSWER = "the last answer decides, a broken one is no answer"
 CHOICE = "a choice letter only where a choice is stated"
 GROUPED = "grouped numbers"
 STATEMENT = "the value of an answer statement"
+WHOLE = "an answer is judged whole, never by a piece of it"
 
 # fmt: off
 REGRESSIONS: list[Regression] = [
@@ -164,6 +165,21 @@ REGRESSIONS: list[Regression] = [
     _r(GROUPED, "The total is 10,\\!000 dollars.", "10000", True, task="numeric"),
     _r(GROUPED, "#### 10,\\!000", "10000", True, task="numeric"),
     _r(GROUPED, "#### 1,000", "1000", True, task="numeric"),
+    # 7b. found with Math-Verify's suite: a space after the separator, and a plain space,
+    # which TeX ignores in math; a comma is never a decimal point, and a group never
+    # starts with 0
+    _r(GROUPED, _box("45,\\! 210"), "45210", True),
+    _r(GROUPED, _box("7,\\! 000,\\! 000,\\! 001"), "7000000001", True),
+    _r(GROUPED, _box("45{,} 210"), "45210", True),
+    _r(GROUPED, _box("3 500"), "3500", True),
+    _r(GROUPED, _box("12 345 678"), "12345678", True),
+    _r(GROUPED, _box("3 50"), "350", False),
+    _r(GROUPED, _box("3 500"), "3501", False),
+    _r(GROUPED, _box("x^2 100"), "100x^2", True),
+    _r(GROUPED, _box("2,5"), "2.5", False),
+    _r(GROUPED, _box("0,125"), "0.125", False),
+    _r(GROUPED, _box("0,125"), "125", False),
+    _r(GROUPED, _box("0, 125"), "\\{125, 0\\}", True),
     # 8. prose after an answer marker: the statement's final mathematical value
     _r(STATEMENT, "... Final Answer: The largest $n$ is 34.", "$34$", True),
     _r(STATEMENT, "Final Answer: The largest $n$ is 35.", "34", False),
@@ -178,5 +194,15 @@ REGRESSIONS: list[Regression] = [
         True,
     ),
     _r(STATEMENT, "Answer: The largest n is 34.", "34", True, task="numeric"),
+    # 9. found with Math-Verify's suite: math-verify's expression extractor, when its LaTeX
+    # parser rejects an answer, takes a piece of it (`-[2,3)` read as 3)
+    _r(WHOLE, _box("-[2,3)"), "3", False, "parse_error"),
+    _r(WHOLE, _box("4[2,3)"), "3", False, "parse_error"),
+    _r(WHOLE, _box("-\\{5, 6\\}"), "6", False, "parse_error"),
+    _r(WHOLE, _box("3"), "-[2,3)", False, "parse_error"),
+    _r(WHOLE, _box("[2,3)"), "\\left[2, 3\\right)", True),
+    _r(WHOLE, _box("-(x+2)"), "-x-2", True),
+    _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 + \\frac{1}{\\mathrm{e}}", False),
+    _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 - e^{-1}", True),
 ]
 # fmt: on
