@@ -162,7 +162,7 @@ def _grouped(o: Outcome) -> bool:
 
 def _decimal_comma(o: Outcome) -> bool:
     sides = (o.extracted or "", o.item.reference)
-    return not o.project and any(re.search(r"\d,\d", side) for side in sides)
+    return not o.project and any(re.search(r"(?<![\d.])\d+,\d+(?![\d.])", side) for side in sides)
 
 
 def _exact_values(o: Outcome) -> bool:
