@@ -9,8 +9,7 @@ from transformers import AutoTokenizer
 
 from services.common.http import RetryPolicy, ServiceError
 from services.common.procs import free_port
-from services.generation.models import CompletionChoice, CompletionLogProbs, CompletionResponse
-from trainer.generation.client import (
+from services.generation.client import (
     GenerationClient,
     GenerationRequest,
     SamplingParams,
@@ -18,6 +17,7 @@ from trainer.generation.client import (
     plan_chunks,
     split_completions,
 )
+from services.generation.models import CompletionChoice, CompletionLogProbs, CompletionResponse
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
 

@@ -28,6 +28,7 @@ import torch
 
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, bearer, request
 from services.common.procs import free_port
+from services.generation.client import TOKEN_ENV, VERSION_PATHS
 from services.generation.models import (
     CollectiveRpcRequest,
     PauseMode,
@@ -37,7 +38,6 @@ from services.generation.models import (
     WorldSize,
 )
 from trainer.generation.checkpoint import Weights, prune_checkpoints, write_checkpoint
-from trainer.generation.client import TOKEN_ENV, VERSION_PATHS
 
 log = logging.getLogger(__name__)
 
