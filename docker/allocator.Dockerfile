@@ -12,14 +12,15 @@ WORKDIR /app
 # Dependencies from pyproject.toml alone (empty package stubs stand in for the source), so
 # editing the source reuses this layer; the stub install itself is then removed.
 COPY pyproject.toml ./
-RUN mkdir services trainer && touch services/__init__.py trainer/__init__.py \
+RUN mkdir services && touch services/__init__.py \
     && pip install ".[allocator]" \
     && pip uninstall -y pilot-commit \
-    && rm -rf services trainer build ./*.egg-info
+    && rm -rf services build ./*.egg-info
 
 COPY README.md ./
+# The services and the console script (pilot_commit/cli.py); the trainer stays out.
 COPY services ./services
-COPY trainer ./trainer
+COPY pilot_commit ./pilot_commit
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 RUN useradd --system --uid 10001 --user-group --create-home pilot

@@ -20,14 +20,15 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # The rest of the dependencies from pyproject.toml alone (empty package stubs stand in for
 # the source), so editing the source reuses this layer.
 COPY pyproject.toml ./
-RUN mkdir services trainer && touch services/__init__.py trainer/__init__.py \
+RUN mkdir services && touch services/__init__.py \
     && pip install ".[generation]" \
     && pip uninstall -y pilot-commit \
-    && rm -rf services trainer build ./*.egg-info
+    && rm -rf services build ./*.egg-info
 
 COPY README.md ./
+# The services and the console script (pilot_commit/cli.py); the trainer stays out.
 COPY services ./services
-COPY trainer ./trainer
+COPY pilot_commit ./pilot_commit
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 # /weights and /cache exist, owned by the app user, so named volumes mounted there start

@@ -26,14 +26,16 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # The rest of the dependencies from pyproject.toml alone (empty package stubs stand in for
 # the source), so editing the source reuses this layer.
 COPY pyproject.toml ./
-RUN mkdir services trainer && touch services/__init__.py trainer/__init__.py \
+RUN mkdir services trainer pilot_commit \
+    && touch services/__init__.py trainer/__init__.py pilot_commit/__init__.py \
     && pip install ".[trainer]" \
     && pip uninstall -y pilot-commit \
-    && rm -rf services trainer build ./*.egg-info
+    && rm -rf services trainer pilot_commit build ./*.egg-info
 
 COPY README.md ./
 COPY services ./services
 COPY trainer ./trainer
+COPY pilot_commit ./pilot_commit
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 COPY configs ./configs
 

@@ -34,8 +34,9 @@ RUN apt-get update \
 # This project's launcher only (no extras: vLLM's environment already has what the base
 # package imports, and the services' pins must not move vLLM's).
 COPY pyproject.toml README.md ./
+# The services and the console script (pilot_commit/cli.py); the trainer stays out.
 COPY services ./services
-COPY trainer ./trainer
+COPY pilot_commit ./pilot_commit
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 RUN useradd --system --uid 10001 --user-group --create-home pilot \

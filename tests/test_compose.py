@@ -2,7 +2,7 @@
 
 The real compose binary renders every profile (nothing is built or started, so no Docker
 engine is needed); the rendered services are then checked against the `pilot-commit` CLI
-(`python -m services.cli ... --help`), the Dockerfiles, the trainer config model and
+(`python -m pilot_commit.cli ... --help`), the Dockerfiles, the trainer config model and
 .env.example.
 """
 
@@ -169,7 +169,7 @@ def test_pilot_commit_commands_exist() -> None:
     # One process per subcommand, all at once: `train` and `tiny` import torch.
     procs = {
         chain: subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *chain, "--help"],
+            [sys.executable, "-m", "pilot_commit.cli", *chain, "--help"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

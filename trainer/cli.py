@@ -24,18 +24,18 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
+from services.generation.client import GenerationClient
 from services.generation.vllm import VLLMNotFound, find_vllm_python
+from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
 from trainer import run_checkpoint
 from trainer.config import TrainerConfig, load_config, save_config
-from trainer.generation.client import GenerationClient
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
 from trainer.generation.weight_sync import build_weight_sync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
 from trainer.prompts import chat_prompt_ids
-from trainer.stack import EmbeddedStack, StackUrls
 
 if TYPE_CHECKING:
     from trainer.smollm2.build import SmolLM2Artifacts

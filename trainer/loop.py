@@ -33,15 +33,15 @@ import torch
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
 from services.allocator.core import rewards_constant
-from services.verifier.client import VerifierClient
-from services.verifier.models import ScoreItem
-from trainer.config import TrainerConfig
-from trainer.generation.client import (
+from services.generation.client import (
     Completion,
     GenerationClient,
     GenerationRequest,
     SamplingParams,
 )
+from services.verifier.client import VerifierClient
+from services.verifier.models import ScoreItem
+from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, LandingReport
 from trainer.generation.weight_sync import WeightSync
 from trainer.logbook import Logbook

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from services.common.devices import pick_device
 from trainer.algos import (
     PolicyLossInput,
     group_advantages,
@@ -46,12 +47,6 @@ class _Batch:
     mask: Tensor  # [N, L-1] 1 where the target is a completion token
     gen_logprobs: Tensor  # [N, L-1] aligned with targets
     old_logprobs: Tensor  # [N, L-1] aligned with targets (zeros when not given)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def collate(

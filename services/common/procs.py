@@ -228,8 +228,11 @@ def start_service(
     health_path: str = "/health",
     timeout: float = 60.0,
 ) -> ManagedProcess:
-    """Run `pilot-commit <command...> --host 127.0.0.1 --port <port>` and wait for /health."""
-    argv = [sys.executable, "-m", "services.cli", *command, "--host", "127.0.0.1"]
+    """Run `pilot-commit <command...> --host 127.0.0.1 --port <port>` and wait for /health.
+
+    `command` starts with a service's name (services/launch.py), which runs it without
+    the console script's package, as the service images do."""
+    argv = [sys.executable, "-m", "services.launch", *command, "--host", "127.0.0.1"]
     argv += ["--port", str(port)]
     proc = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env or {}).start()
     try:

@@ -27,7 +27,7 @@ def _engine_gauges(app: FastAPI, registry: CollectorRegistry) -> None:
     def engine_value(read: Callable[[Engine], float]) -> Callable[[], float]:
         return lambda: read(app.state.engine) if app.state.engine is not None else 0.0
 
-    paused.set_function(engine_value(lambda e: float(e.gate.is_paused)))
+    paused.set_function(engine_value(lambda e: float(e.barrier.is_paused)))
     queued.set_function(engine_value(lambda e: float(e.queued)))
     version.set_function(engine_value(lambda e: float(e.weight_updates)))
     batches = Gauge("generation_batches", "Batches decoded so far.", registry=registry)

@@ -54,19 +54,19 @@ async def pause(
     clear_cache: Annotated[bool, Query(description="Accepted for vLLM compatibility")] = True,
 ) -> StatusMessage:
     """Pause generation: cut (abort), drain (wait) or freeze (keep) the running batch."""
-    await asyncio.to_thread(engine.gate.pause, mode)
+    await asyncio.to_thread(engine.barrier.pause, mode)
     return StatusMessage(status="paused")
 
 
 @router.post("/resume", response_model=StatusMessage, response_model_exclude_none=True)
 async def resume(engine: EngineDep) -> StatusMessage:
-    engine.gate.resume()
+    engine.barrier.resume()
     return StatusMessage(status="resumed")
 
 
 @router.get("/is_paused", response_model=PausedState)
 async def is_paused(engine: EngineDep) -> PausedState:
-    return PausedState(is_paused=engine.gate.is_paused)
+    return PausedState(is_paused=engine.barrier.is_paused)
 
 
 @router.post("/collective_rpc", response_model=CollectiveRpcResponse)

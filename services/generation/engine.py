@@ -5,7 +5,7 @@ arrived within a short window (up to `max_batch_size` sequences) and decodes it 
 left-padded batch with a KV cache, so many clients cost about one `model.generate` over
 the same total batch. The loop is written out, not delegated to `model.generate`,
 because weights may change between two steps and `/pause` may freeze or cut a batch
-mid-way; both happen at the step boundary through `DecodeGate`.
+mid-way; both happen at the step boundary through `StepBarrier`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any, cast
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from services.generation.gate import DecodeGate
+from services.common.devices import pick_device
 from services.generation.models import FinishReason
 from services.generation.sampling import find_stop, raw_logprobs, sample_tokens
 from services.generation.settings import GenerationSettings
+from services.generation.step_barrier import StepBarrier
 from services.generation.weights import WeightLoadError, check_against, copy_into
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,6 @@ class Job:
 
 class ConflictError(RuntimeError):
     """A control call arrived in the wrong state (answered 409)."""
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -183,7 +178,7 @@ class Engine:
         self.weight_updates = 0
         self.batches = 0  # batches decoded and requests served: how well batching works
         self.batched_requests = 0
-        self.gate = DecodeGate()
+        self.barrier = StepBarrier()
         # The weight-update session; control calls run in worker threads, so one lock.
         self._session_lock = threading.Lock()
         self._staged: dict[str, torch.Tensor] | None = None
@@ -217,7 +212,7 @@ class Engine:
 
     def close(self) -> None:
         self._stopping.set()
-        self.gate.resume()
+        self.barrier.resume()
         self._thread.join(timeout=30)
 
     @property
@@ -238,7 +233,7 @@ class Engine:
             jobs = self._collect()
             if not jobs:
                 continue
-            with self.gate.batch():
+            with self.barrier.batch():
                 self._serve(jobs)
 
     def _serve(self, jobs: list[Job]) -> None:
@@ -298,19 +293,19 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self.gate.step():
+        with self.barrier.step():
             logits = self._forward(ids, mask, positions, cache)
             first = last = self.weight_version
         while True:
             tokens = self._sample_step(logits, sampler, state)
             if all(state.done):
                 break
-            if self.gate.should_abort():
+            if self.barrier.should_abort():
                 state.abort_unfinished()
                 break
             mask = torch.cat([mask, mask.new_ones((len(specs), 1))], dim=1)
             positions = positions[:, -1:] + 1
-            with self.gate.step():
+            with self.barrier.step():
                 logits = self._forward(tokens[:, None], mask, positions, cache)
                 last = self.weight_version
         state.finalize_texts()
@@ -421,7 +416,7 @@ class Engine:
                 raise ConflictError(self._no_session())
             new_version = version if version is not None else self._next_version()
             staged = self._staged
-            with self.gate.exclusive():
+            with self.barrier.exclusive():
                 began = time.perf_counter()
                 copy_into(staged, self.params)
                 self.weight_version = new_version
@@ -437,7 +432,7 @@ class Engine:
         WeightLoadError (weights unchanged); a staged session is left as it is."""
         with self._session_lock:
             checked = check_against(tensors, self.params)
-            with self.gate.exclusive():
+            with self.barrier.exclusive():
                 began = time.perf_counter()
                 copy_into(checked, self.params)
                 self.weight_updates += 1
@@ -448,7 +443,7 @@ class Engine:
     def set_weight_version(self, version: str) -> None:
         """Report `version` from now on (weights unchanged); set between two decoding steps,
         so a response's `weight_version` always names the weights of its steps."""
-        with self._session_lock, self.gate.exclusive():
+        with self._session_lock, self.barrier.exclusive():
             self.weight_version = version
 
     def _next_version(self) -> str:

@@ -44,4 +44,4 @@ async def list_models(engine: EngineDep) -> ModelList:
 
 @router.get("/health", response_model=Health)
 async def health(engine: EngineDep) -> Health:
-    return Health(weight_version=engine.weight_version, is_paused=engine.gate.is_paused)
+    return Health(weight_version=engine.weight_version, is_paused=engine.barrier.is_paused)

@@ -60,15 +60,14 @@ def served_model_dir(model_dir: Path, target: Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
     if not config.get("tie_word_embeddings", False):
         return model_dir
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from services.generation.weights import read_safetensors_dir, untie_lm_head
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
-    tensors = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
-        tensors.update(load_file(str(file)))
-    tensors.setdefault("lm_head.weight", tensors["model.embed_tokens.weight"].clone())
+    tensors = untie_lm_head(read_safetensors_dir(model_dir))
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config["tie_word_embeddings"] = False
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

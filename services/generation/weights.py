@@ -3,6 +3,8 @@
 The disk backend of vLLM's weight transfer reloads "a safetensors checkpoint from a
 local directory"; this is the embedded server's version of that loader. Reading and
 checking happen before the decode loop is interrupted, so the pause costs only the copy.
+`untie_lm_head` is the one place where a tied model gets its own `lm_head.weight`: for
+the model vLLM serves (vllm.py) and for the trainer's checkpoints it reloads.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def read_safetensors_dir(path: Path, weights_dir: Path | None = None) -> dict[st
             tensors.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightLoadError(f"{file.name} is not a readable safetensors file: {exc}") from exc
+    return tensors
+
+
+def untie_lm_head(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add `lm_head.weight` as a copy of `model.embed_tokens.weight` ([vocab, hidden]) when
+    `tensors` lack it; returns `tensors`, changed in place.
+
+    A model with tied embeddings stores only the input embedding; vLLM-CPU must serve it
+    untied (vllm.py's docstring says why), and then every reload must name the head too.
+    The copy is a clone: safetensors refuses to save two names sharing storage. Tensors
+    without an input embedding are left as they are.
+    """
+    embedding = tensors.get("model.embed_tokens.weight")
+    if "lm_head.weight" not in tensors and embedding is not None:
+        tensors["lm_head.weight"] = embedding.clone()
     return tensors
 
 

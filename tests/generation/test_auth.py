@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from services.common.procs import ManagedProcess, free_port, start_service
-from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
+from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from trainer.generation.landing import LandingProbe
 from trainer.generation.weight_sync import VLLMReloadSync
 

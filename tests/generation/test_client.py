@@ -9,14 +9,19 @@ from transformers import AutoTokenizer
 
 from services.common.http import RetryPolicy, ServiceError
 from services.common.procs import free_port
-from services.generation.models import CompletionChoice, CompletionLogProbs, CompletionResponse
-from trainer.generation.client import (
+from services.generation.client import (
     GenerationClient,
     GenerationRequest,
     SamplingParams,
     chunk_seed,
     plan_chunks,
     split_completions,
+)
+from services.generation.models import (
+    CompletionChoice,
+    CompletionLogProbs,
+    CompletionRequest,
+    CompletionResponse,
 )
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
@@ -51,6 +56,26 @@ def test_split_completions_reads_token_id_strings_when_token_ids_are_absent() ->
     completions = split_completions(response, n=2, count=2, base_url="u")
     assert [[s.token_ids for s in c.samples] for c in completions] == [[[0], [1]], [[2], [3]]]
     assert completions[0].weight_version is None
+
+
+@pytest.mark.parametrize(
+    ("sampling", "extra"),
+    [
+        (SamplingParams(), {}),
+        (SamplingParams(seed=3, stop=("\n",)), {"seed": chunk_seed(3, 5), "stop": ["\n"]}),
+    ],
+)
+async def test_body_is_what_the_route_reads_and_only_what_was_set(
+    sampling: SamplingParams, extra: dict[str, object]
+) -> None:
+    async with GenerationClient(["http://127.0.0.1:1"]) as client:
+        body = client._body([GenerationRequest([1, 2], 2, sampling)] * 2, "m", 5)
+    assert body == {
+        "model": "m", "prompt": [[1, 2], [1, 2]], "n": 2, "max_tokens": 64,
+        "temperature": 1.0, "top_p": 1.0, "logprobs": 0, "return_token_ids": True, **extra,
+    }  # fmt: skip
+    parsed = CompletionRequest.model_validate(body)
+    assert parsed.model_dump(exclude_unset=True) == body
 
 
 async def test_generate_balances_chunks_over_servers(

@@ -243,7 +243,7 @@ def test_update_weight_version_waits_for_the_running_step(tiny_model_dir: Path) 
     settings = GenerationSettings(model=tiny_model_dir, device="cpu")
     app = create_app(settings)
     app.state.engine = engine = Engine(settings)  # not started: this test plays the step
-    step = engine.gate.step()
+    step = engine.barrier.step()
     step.__enter__()
     answered: list[int] = []
 

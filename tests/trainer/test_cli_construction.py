@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from services.stack import StackUrls
 from trainer.cli import clients
 from trainer.config import ServicesSection, TrainerConfig
 from trainer.generation.weight_sync import SGLangDiskSync, VLLMNcclSync, VLLMReloadSync
 from trainer.loop import Dataset
-from trainer.stack import StackUrls
 
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = typing.get_args(ServicesSection.model_fields["weight_sync"].annotation)
 EXPECTED = {"vllm": VLLMReloadSync, "vllm_nccl": VLLMNcclSync, "sglang": SGLangDiskSync}
 
@@ -39,9 +40,13 @@ async def test_clients_builds_each_weight_sync(kind: str, tmp_path: Path) -> Non
 
 def test_up_with_vllm_missing_says_what_to_do(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up", "--generation", "vllm", "--model", "x"],
+        [sys.executable, "-m", "pilot_commit.cli", "up", "--generation", "vllm", "--model", "x"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env={"PC_VLLM_PYTHON": str(tmp_path / "no-python"), "PATH": "/usr/bin:/bin"},
+        env={
+            "PC_VLLM_PYTHON": str(tmp_path / "no-python"),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),  # this checkout, not whichever one is installed
+        },
     )  # fmt: skip
     assert result.returncode == 2
     assert "PC_VLLM_PYTHON" in result.stdout and "does not exist" in result.stdout

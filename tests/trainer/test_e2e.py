@@ -15,6 +15,7 @@ import torch
 from services.allocator.keys import RunKeys
 from services.common.http import ServiceUnavailable
 from services.common.procs import start_service
+from services.stack import EmbeddedStack, StackUrls
 from tests.assets import fitted_tiny_assets
 from trainer.cli import clients, load_dataset, prepare_run, train
 from trainer.config import TrainerConfig
@@ -22,7 +23,6 @@ from trainer.generation.landing import LandingProbe, WeightLandingError
 from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Trainer
-from trainer.stack import EmbeddedStack, StackUrls
 
 STRATEGIES = {
     "grpo": {"strategy": "grpo", "train_batch_size": 4, "n": 6},

@@ -1,6 +1,6 @@
 """A stopped `up`, `train` or `bench` leaves no process behind (issue 14 item 21).
 
-Each command runs as a real `python -m services.cli ...` process; once its processes are
+Each command runs as a real `python -m pilot_commit.cli ...` process; once its processes are
 up, it gets SIGTERM, SIGINT, SIGHUP or SIGKILL, and every process that was below it in
 the process tree must be gone soon after (a SIGKILLed parent's children go by their
 parent-death signal: services/common/procs.py)."""
@@ -58,7 +58,7 @@ class Command:
     def __init__(self, argv: list[str], cwd: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *argv],
+            [sys.executable, "-m", "pilot_commit.cli", *argv],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

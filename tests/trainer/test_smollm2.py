@@ -199,10 +199,10 @@ def smollm2_config(steps: int, *extra: str) -> TrainerConfig:
 def test_two_training_steps_against_the_embedded_stack(
     built: SmolLM2Artifacts, tokenizer, tmp_path: Path
 ) -> None:
+    from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
+    from services.stack import EmbeddedStack
     from trainer.cli import train
-    from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
     from trainer.logbook import Logbook
-    from trainer.stack import EmbeddedStack
 
     config = smollm2_config(steps=2)
     assert config.model.path == built.model_dir and config.data.chat_template

@@ -13,10 +13,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from services.common.procs import free_port
+from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from services.generation.vllm import start_vllm
 from tests.trainer.test_smollm2 import needs_smollm2, smollm2_config
 from tests.vllm.test_vllm import perturbed, run_with_vllm
-from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from trainer.generation.landing import LandingProbe
 from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.prompts import chat_prompt_ids

@@ -13,14 +13,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
+from services.stack import EmbeddedStack
 from tests.vllm.conftest import VLLMServer
 from trainer.cli import train
 from trainer.config import TrainerConfig
-from trainer.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from trainer.generation.landing import LandingProbe, reference_logprobs
 from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
-from trainer.stack import EmbeddedStack
 
 pytestmark = pytest.mark.vllm
 

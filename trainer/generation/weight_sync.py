@@ -28,6 +28,7 @@ import torch
 
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, bearer, request
 from services.common.procs import free_port
+from services.generation.client import TOKEN_ENV, weight_version
 from services.generation.models import (
     CollectiveRpcRequest,
     PauseMode,
@@ -37,7 +38,6 @@ from services.generation.models import (
     WorldSize,
 )
 from trainer.generation.checkpoint import Weights, prune_checkpoints, write_checkpoint
-from trainer.generation.client import TOKEN_ENV, VERSION_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,7 @@ class _HttpAdapter:
         return dict(zip(self.base_urls, versions, strict=True))
 
     async def _version(self, url: str) -> str | None:
-        for path in VERSION_PATHS:
-            try:
-                response = await self._call("GET", f"{url}{path}")
-            except ServiceError as exc:
-                if exc.status == 404:
-                    continue
-                raise
-            version = response.json().get("weight_version")
-            return None if version is None else str(version)
-        return None
+        return await weight_version(self._http, url, policy=self.policy, timeout=self.timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -199,6 +190,7 @@ class _Paused:
 
     async def __aenter__(self) -> None:
         if self.adapter.pause_mode is not None:
+            # A query parameter of /pause (vLLM's and ours alike), not a body.
             params = {"mode": self.adapter.pause_mode}
             await self.adapter._call("POST", f"{self.url}/pause", params=params, control=True)
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from trainer.bench_efficiency import RunResult, bootstrap_ratio, summarize_regime
+from pilot_commit.bench.efficiency import RunResult, bootstrap_ratio, summarize_regime
 
 
 def result(strategy: str, seed: int, curve: list[tuple[int, float]]) -> RunResult:

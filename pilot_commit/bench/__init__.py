@@ -10,10 +10,10 @@ import importlib
 import sys
 
 BENCHES: dict[str, tuple[str, str]] = {
-    "allocator": ("services.allocator.bench", "plan/results latency and Redis memory at scale"),
-    "verifier": ("services.verifier.bench", "scoring throughput vs math-verify in-process"),
-    "generation": ("services.generation.bench", "server tokens/s vs in-process generate"),
-    "efficiency": ("trainer.bench_efficiency", "rollouts to target: GRPO, DAPO, Pilot-Commit"),
+    "allocator": ("pilot_commit.bench.allocator", "plan/results latency and Redis memory at scale"),
+    "verifier": ("pilot_commit.bench.verifier", "scoring throughput vs math-verify in-process"),
+    "generation": ("pilot_commit.bench.generation", "server tokens/s vs in-process generate"),
+    "efficiency": ("pilot_commit.bench.efficiency", "rollouts to target: GRPO, DAPO, Pilot-Commit"),
 }
 
 

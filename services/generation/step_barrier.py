@@ -1,4 +1,4 @@
-"""The rendezvous between the decode thread and the control API.
+"""The step barrier: it orders the decode thread's steps against weight updates and pauses.
 
 Weights must change only between decoding steps, and `/pause` must hold, drain or cut
 the running batch as vLLM's pause modes say. Every such rule is one condition on a few
@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from services.generation.models import PauseMode
 
 
-class DecodeGate:
-    """Flags shared by the decode thread (step, batch) and control calls (pause, exclusive)."""
+class StepBarrier:
+    """Flags shared by the decode thread (step, batch) and control calls (pause, exclusive):
+    a weight update or a `keep` pause waits for the running step, and the next step waits
+    for them."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -43,7 +45,7 @@ class DecodeGate:
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        """Run one forward pass; waits while a weight update or a `keep` pause holds the gate."""
+        """Run one forward pass; waits while a weight update or a `keep` pause holds the barrier."""
         with self._cond:
             self._cond.wait_for(self._may_step)
             self._in_step = True

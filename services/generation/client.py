@@ -1,5 +1,8 @@
 """Async client for any server that speaks OpenAI `/v1/completions` with token ids.
 
+It lives beside the generation server whose wire models (models.py) it shares; the trainer
+and the benchmarks import it.
+
 vLLM, SGLang and the embedded server all qualify. Requests are split into chunks of at
 most `max_prompts_per_request` prompts and `max_sequences_per_request` sequences
 (prompts x n), each chunk goes to the base URL with the fewest
@@ -15,11 +18,18 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, cast
 
 import httpx
 
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable, bearer, request
-from services.generation.models import CompletionChoice, CompletionResponse, ModelList
+from services.generation.models import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    Prompt,
+)
 
 # Where each server kind reports its weight version: vLLM (and the embedded server), SGLang.
 VERSION_PATHS = ("/weight_info", "/model_info")
@@ -206,26 +216,29 @@ class GenerationClient:
                 ordered[index] = completion
         return [c for c in ordered if c is not None]
 
-    def _body(
-        self, chunk: list[GenerationRequest], model: str, first_index: int
-    ) -> dict[str, object]:
-        first = chunk[0]
-        prompts = [r.prompt for r in chunk]
-        body: dict[str, object] = {
-            "model": model,
-            "prompt": prompts,
-            "n": first.n,
-            "max_tokens": first.sampling.max_tokens,
-            "temperature": first.sampling.temperature,
-            "top_p": first.sampling.top_p,
-            "logprobs": 0,
-            "return_token_ids": True,
-        }
-        if first.sampling.seed is not None:
-            body["seed"] = chunk_seed(first.sampling.seed, first_index)
-        if first.sampling.stop:
-            body["stop"] = list(first.sampling.stop)
-        return body
+    def _body(self, chunk: list[GenerationRequest], model: str, first_index: int) -> dict[str, Any]:
+        """The chunk's `POST /v1/completions` body, built from the route's own model.
+
+        Constructed without validation: the bounds in CompletionRequest are the embedded
+        server's (n <= 256, ...) and vLLM takes more; each server judges its own limits
+        and answers 400, which is not retried. The field names are checked by mypy.
+        """
+        first, seed = chunk[0], chunk[0].sampling.seed
+        body = CompletionRequest.model_construct(
+            model=model,
+            # plan_chunks puts texts and token-id lists in different chunks
+            prompt=cast(Prompt, [r.prompt for r in chunk]),
+            n=first.n,
+            max_tokens=first.sampling.max_tokens,
+            temperature=first.sampling.temperature,
+            top_p=first.sampling.top_p,
+            seed=None if seed is None else chunk_seed(seed, first_index),
+            stop=list(first.sampling.stop) or None,
+            logprobs=0,
+            return_token_ids=True,
+        )
+        # Only what is set here goes out: the other fields keep each server's own defaults.
+        return body.model_dump(exclude_unset=True, exclude_none=True)
 
     async def _run_chunk(
         self, chunk: list[GenerationRequest], model: str, first_index: int
@@ -249,7 +262,7 @@ class GenerationClient:
                 await asyncio.sleep(self.policy.delay(attempt))
         raise ServiceUnavailable(f"generation failed on every attempt: {last_error}")
 
-    async def _post_once(self, url: str, body: dict[str, object]) -> httpx.Response:
+    async def _post_once(self, url: str, body: dict[str, Any]) -> httpx.Response:
         """One attempt on one server; the retry loop above may move to another server."""
         self.outstanding[url] += 1
         try:
@@ -267,16 +280,25 @@ class GenerationClient:
         return dict(zip(self.base_urls, versions, strict=True))
 
     async def _version(self, url: str) -> str | None:
-        for path in VERSION_PATHS:
-            try:
-                response = await request(
-                    self._http, "generation", "GET", f"{url}{path}",
-                    policy=self.policy, timeout=self.timeout,
-                )  # fmt: skip
-            except ServiceError as exc:
-                if exc.status == 404:
-                    continue
-                raise
-            version = response.json().get("weight_version")
-            return None if version is None else str(version)
-        return None
+        return await weight_version(self._http, url, policy=self.policy, timeout=self.timeout)
+
+
+async def weight_version(
+    http: httpx.AsyncClient, url: str, *, policy: RetryPolicy, timeout: float
+) -> str | None:
+    """One server's committed weight version: `GET /weight_info` (vLLM, embedded), falling
+    back to `GET /model_info` (SGLang, whose body holds other fields too); None when the
+    server reports none. Raises ServiceError for any other 4xx/5xx."""
+    for path in VERSION_PATHS:
+        try:
+            response = await request(
+                http, "generation", "GET", f"{url}{path}", policy=policy, timeout=timeout
+            )
+        except ServiceError as exc:
+            if exc.status == 404:
+                continue
+            raise
+        # Read leniently: SGLang's /model_info is not our model, and versions may be ints.
+        version = response.json().get("weight_version")
+        return None if version is None else str(version)
+    return None

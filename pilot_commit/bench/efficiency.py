@@ -27,10 +27,10 @@ from rich.table import Table
 from services.allocator.client import AllocatorClient
 from services.allocator.strategies import load_all
 from services.common.progress import progress
+from services.stack import EmbeddedStack, StackUrls
 from trainer.cli import train
 from trainer.config import TrainerConfig, load_config
 from trainer.logbook import Logbook
-from trainer.stack import EmbeddedStack, StackUrls
 
 ROOT = Path(__file__).resolve().parents[1]
 G, B = 32, 8

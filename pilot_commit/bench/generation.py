@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from services.generation.models import CompletionRequest
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilot-commit bench generation")
@@ -85,15 +87,18 @@ class InProcess:
 
 async def server_round(url: str, args: argparse.Namespace) -> tuple[int, float]:
     """Tokens generated and seconds taken by `clients` concurrent requests."""
-    body = {"n": args.n, "max_tokens": args.max_tokens, "ignore_eos": True, "logprobs": 0}
-    body["return_token_ids"] = True
+
+    def body(i: int) -> dict[str, Any]:
+        request = CompletionRequest(
+            prompt=f"{i}+{i}=", n=args.n, max_tokens=args.max_tokens, ignore_eos=True,
+            logprobs=0, return_token_ids=True,
+        )  # fmt: skip
+        return request.model_dump(exclude_unset=True)
+
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=args.clients)) as http:
         began = time.perf_counter()
         counts = await asyncio.gather(
-            *(
-                _client_loop(http, url, {**body, "prompt": f"{i}+{i}="}, 1)
-                for i in range(args.clients)
-            )
+            *(_client_loop(http, url, body(i), 1) for i in range(args.clients))
         )
         return sum(counts), time.perf_counter() - began
 
