@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from services.allocator.configs import FullGroupConfig, StrategyConfig
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
+
+__all__ = ["FullGroupConfig", "StrategyConfig"]  # re-exported: strategies import them from here
 
 
 class Role(StrEnum):
@@ -36,33 +37,6 @@ class Role(StrEnum):
 
 class AllocationError(Exception):
     """The run cannot go on as configured (e.g. max_rounds exhausted); a 409 on the wire."""
-
-
-class StrategyConfig(BaseModel):
-    """Parameters shared by every strategy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    train_batch_size: int = Field(128, ge=1, le=65536, description="Groups per optimiser step (B).")
-    max_rounds: int = Field(
-        10, ge=1, le=1000, description="Generation rounds per step before the step fails loudly."
-    )
-    success_threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="A rollout counts as a success when reward >= this."
-    )
-
-    def group_size(self) -> int:
-        """Rollouts in one train group (G)."""
-        raise NotImplementedError
-
-
-class FullGroupConfig(StrategyConfig):
-    """A strategy whose every group is sampled whole: n rollouts per prompt."""
-
-    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
-
-    def group_size(self) -> int:
-        return self.n
 
 
 @dataclass(frozen=True)
@@ -166,7 +140,7 @@ class EvidenceOutcome:
 
 
 class Strategy(ABC):
-    """One allocation rule. Subclasses register themselves by `name` in `STRATEGIES`."""
+    """One allocation rule, registered by `name` in `strategies.STRATEGIES`."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[StrategyConfig]]
@@ -193,14 +167,6 @@ class Strategy(ABC):
     def apply_evidence(self, ctx: EvidenceContext) -> EvidenceOutcome:
         """Fold external evidence into a prompt's statistics (default: ignore it)."""
         return EvidenceOutcome(ctx.stats)
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if not getattr(cls, "__abstractmethods__", None) and hasattr(cls, "name"):
-            STRATEGIES[cls.name] = cls
-
-
-STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 # ---- helpers shared by strategies (all pure) ----

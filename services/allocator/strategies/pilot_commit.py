@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
 
-from pydantic import Field, model_validator
-
+from services.allocator.configs import PilotCommitConfig
 from services.allocator.core import (
     BufferEntry,
     Counters,
@@ -30,7 +28,6 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
     balanced_subset,
     observe,
@@ -41,55 +38,6 @@ from services.allocator.core import (
 from services.allocator.records import Outcome, PromptStats, Status
 
 _EPS = 1e-9
-
-
-class PilotCommitConfig(StrategyConfig):
-    """Pilot-Commit parameters; defaults follow the reference recipe."""
-
-    strategy: Literal["pilot_commit"] = "pilot_commit"
-    gen_batch_size: int | None = Field(
-        None, ge=1, le=65536, description="Prompts piloted per round; default train_batch_size."
-    )
-    n_pilot: int = Field(8, ge=1, le=4096, description="Rollouts per piloted prompt.")
-    n_commit: int = Field(8, ge=1, le=4096, description="Fresh rollouts per committed prompt.")
-    n_pilot_reuse: int | None = Field(
-        None,
-        ge=0,
-        le=4096,
-        description="Pilot rollouts reused in the train group (default: all n_pilot); a "
-        "subset as close to half right / half wrong as possible is kept.",
-    )
-    p_lower: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat >= p_lower.")
-    p_upper: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat <= 1 - p_upper.")
-    exclude_threshold: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Evict (at epoch end) when the pilot p_hat >= this; null disables eviction.",
-    )
-    buffer_max_off_steps: int = Field(
-        4, ge=0, le=1000, description="Steps a buffered prompt stays committable."
-    )
-    buffer_sampling: Literal["max_variance", "random"] = Field(
-        "max_variance", description="Which buffered prompts to commit first."
-    )
-
-    @model_validator(mode="after")
-    def _band_not_empty(self) -> PilotCommitConfig:
-        if self.p_lower > 1.0 - self.p_upper + _EPS:
-            raise ValueError(f"empty gate band: p_lower={self.p_lower} > 1 - p_upper")
-        if self.n_pilot_reuse is not None and self.n_pilot_reuse > self.n_pilot:
-            raise ValueError("n_pilot_reuse cannot exceed n_pilot")
-        return self
-
-    def pilots_per_round(self) -> int:
-        return self.gen_batch_size or self.train_batch_size
-
-    def reused(self) -> int:
-        return self.n_pilot if self.n_pilot_reuse is None else self.n_pilot_reuse
-
-    def group_size(self) -> int:
-        return self.reused() + self.n_commit
 
 
 def gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:

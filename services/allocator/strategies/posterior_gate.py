@@ -31,10 +31,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Literal
 
-from pydantic import Field, model_validator
-
+from services.allocator.configs import PosteriorGateConfig
 from services.allocator.core import (
     BufferEntry,
     Candidate,
@@ -48,7 +46,6 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
     observe,
     summarize,
@@ -58,88 +55,6 @@ from services.allocator.records import Outcome, PromptStats, Status
 _EPS = 1e-9
 EWMA_KEY = "pass_through_ewma_ppm"  # run state hash: pass-through rate x 1e6
 _PASS_RATE_FLOOR = 0.01
-
-
-class PosteriorGateConfig(StrategyConfig):
-    """Beta-posterior gating; defaults suit G = 32 (tiny task) and scale with G."""
-
-    strategy: Literal["posterior_gate"] = "posterior_gate"
-    max_rounds: int = Field(
-        50, ge=1, le=1000, description="Generation rounds per step before the step fails loudly."
-    )
-    n: int = Field(32, ge=2, le=4096, description="Rollouts per train group (G).")
-    n_pilot: int = Field(
-        4, ge=1, le=4096, description="Pilot rollouts for a prompt with no evidence yet."
-    )
-    n_pilot_min: int = Field(
-        2, ge=1, le=4096, description="Smallest pilot (for a prompt already rich in evidence)."
-    )
-    p_lower: float = Field(0.125, ge=0.0, le=1.0, description="Band: p >= p_lower.")
-    p_upper: float = Field(0.25, ge=0.0, le=1.0, description="Band: p <= 1 - p_upper.")
-    prior_alpha: float = Field(
-        0.5, gt=0.0, le=1000.0, description="Beta prior: successes (default: Jeffreys)."
-    )
-    prior_beta: float = Field(0.5, gt=0.0, le=1000.0, description="Beta prior: failures.")
-    half_life_steps: float = Field(
-        500.0, gt=0.0, le=1e9, description="Steps after which a reward weighs half as evidence."
-    )
-    skip_confidence: float = Field(
-        0.8, gt=0.5, lt=1.0, description="Skip when P(p below / above the band) >= this."
-    )
-    direct_confidence: float | None = Field(
-        0.8,
-        gt=0.5,
-        le=1.0,
-        description="Commit a full group without a pilot when P(p in band) >= this; "
-        "null disables direct commits.",
-    )
-    recheck_rate: float = Field(
-        0.1, ge=0.0, le=1.0, description="Share of confident skips piloted anyway."
-    )
-    evict_pass_rate: float | None = Field(
-        0.9, gt=0.0, le=1.0, description="'Solved' means p >= this; null disables eviction."
-    )
-    evict_confidence: float = Field(
-        0.95, gt=0.5, lt=1.0, description="Evict when P(p >= evict_pass_rate) >= this."
-    )
-    evict_min_evidence: float = Field(
-        16.0, ge=0.0, le=1e9, description="Rollouts of (discounted) evidence needed to evict."
-    )
-    buffer_max_off_steps: int = Field(
-        4, ge=0, le=1000, description="Steps a buffered prompt stays committable."
-    )
-    lookahead_steps: float = Field(
-        1.0, ge=0.0, le=100.0, description="Steps of future commits the buffer is filled for."
-    )
-    pass_rate_init: float = Field(
-        0.5, gt=0.0, le=1.0, description="Pass-through rate assumed before any pilot."
-    )
-    pass_rate_smoothing: float = Field(
-        0.02, gt=0.0, le=1.0, description="EWMA weight of one pilot in the pass-through rate."
-    )
-    max_pilots_per_round: int | None = Field(
-        None, ge=1, le=1 << 20, description="Cap on pilots per round; default 4 x B."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PosteriorGateConfig:
-        if self.p_lower > 1.0 - self.p_upper + _EPS:
-            raise ValueError(f"empty gate band: p_lower={self.p_lower} > 1 - p_upper")
-        if not self.n_pilot_min <= self.n_pilot < self.n:
-            raise ValueError("need n_pilot_min <= n_pilot < n")
-        return self
-
-    def group_size(self) -> int:
-        return self.n
-
-    def max_pilots(self) -> int:
-        return self.max_pilots_per_round or 4 * self.train_batch_size
-
-    def round_budget(self, committed: int) -> int:
-        """Most rollouts one round may ask for: every pilot at full size, every missing
-        train group a whole fresh group."""
-        need = self.train_batch_size - committed
-        return self.max_pilots() * self.n_pilot + max(need, 0) * self.n
 
 
 # ---- the posterior (pure math) ----
