@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 from services.allocator import models as m
@@ -45,6 +45,16 @@ from services.allocator.core import (
 from services.allocator.permutation import EpochPermutation
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
 
+_COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
+# Fields of the state hash that are neither core counters nor cumulative totals.
+_NOT_TOTALS = _COUNTER_FIELDS | {
+    "open_plan",
+    "version",
+    "plan_seq",
+    "gen",
+    "restored_from",
+    "restoring",
+}
 _EVICTION = {Status.EVICTED, Status.EVICT_PENDING}
 _RESTORED_TO = {Status.ACTIVE, Status.DEFERRED, Status.EASY}
 
@@ -133,6 +143,22 @@ class Delta:
     def count(self, name: str, by: int = 1) -> None:
         if by:
             self.add[name] = self.add.get(name, 0) + by
+
+
+def counters_from(state: Mapping[str, str]) -> Counters:
+    """The run's counters from its state hash (string values, as Redis returns them)."""
+    core = {name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS}
+    totals = {k: int(v) for k, v in state.items() if k not in _NOT_TOTALS}
+    return Counters(**core, totals=totals)
+
+
+def view_of(state: Mapping[str, str]) -> RunView:
+    """A view holding only the state hash's parts (the adapter adds the rest)."""
+    return RunView(
+        counters=counters_from(state),
+        open_plan=state.get("open_plan", ""),
+        plan_seq=int(state.get("plan_seq", 0) or 0),
+    )
 
 
 # ---- requests ----

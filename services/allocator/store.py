@@ -16,7 +16,6 @@ in `snapshot`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import fields
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -24,7 +23,6 @@ from redis.exceptions import WatchError
 
 from services.allocator import models as m
 from services.allocator import protocol as p
-from services.allocator.core import Counters
 from services.allocator.keys import RunKeys
 from services.allocator.protocol import Conflict, Invalid, NotFound
 from services.allocator.records import BufferEntry, PromptStats
@@ -32,16 +30,6 @@ from services.allocator.runs import Run, StaleRun, fresh, s
 from services.allocator.snapshot import RunSnapshots
 
 __all__ = ["AllocatorStore", "Conflict", "Invalid", "NotFound", "Run", "StaleRun"]
-
-_COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
-_NOT_TOTALS = _COUNTER_FIELDS | {
-    "open_plan",
-    "version",
-    "plan_seq",
-    "gen",
-    "restored_from",
-    "restoring",
-}
 
 
 class AllocatorStore(RunSnapshots):
@@ -130,7 +118,7 @@ class AllocatorStore(RunSnapshots):
             raw, buffer_size, pending = await pipe.execute()
         state = {s(k): s(v) for k, v in raw.items()}
         run.check(state)
-        counters = _counters(state)
+        counters = p.counters_from(state)
         return m.RunSummary(
             run_id=run_id,
             spec=run.spec,
@@ -198,11 +186,7 @@ class AllocatorStore(RunSnapshots):
 
     async def _view(self, keys: RunKeys, state: dict[str, str], request: p.Request) -> p.RunView:
         """The parts of the run's state `request` reads, in one pipeline."""
-        view = p.RunView(
-            counters=_counters(state),
-            open_plan=state.get("open_plan", ""),
-            plan_seq=int(state.get("plan_seq", 0) or 0),
-        )
+        view = p.view_of(state)
         reads = request.reads
         wanted: list[tuple[str, Any]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -320,12 +304,6 @@ def _write_stats(pipe: Pipeline, keys: RunKeys, stats: dict[int, PromptStats]) -
         by_bucket.setdefault(bucket, {})[field] = stats[pid].pack()
     for bucket, mapping in by_bucket.items():
         pipe.hset(bucket, mapping=mapping)  # type: ignore[arg-type]
-
-
-def _counters(state: dict[str, str]) -> Counters:
-    core = {name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS}
-    totals = {k: int(v) for k, v in state.items() if k not in _NOT_TOTALS}
-    return Counters(**core, totals=totals)
 
 
 def _b(value: bytes | str) -> bytes:
