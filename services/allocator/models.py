@@ -222,7 +222,12 @@ class RunSummary(_Model):
         "expired, flushed, steps_completed, epochs_completed; and the strategy's own "
         "(posterior_gate: gate_skipped_confident_easy / gate_skipped_confident_hard / "
         "gate_direct_commit / gate_evicted_posterior, pilots_recheck, restored_evidence, "
-        "evidence_rewards, pass_through_ewma_ppm)."
+        "evidence_rewards)."
+    )
+    strategy_state: dict[str, float] = Field(
+        default_factory=dict,
+        description="The strategy's own run state, decoded (posterior_gate: "
+        "`pass_through_rate`, the EWMA of the pilot pass-through rate).",
     )
 
 

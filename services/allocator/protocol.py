@@ -45,7 +45,7 @@ from services.allocator.core import (
 from services.allocator.permutation import EpochPermutation
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
 
-_COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals"}
+_COUNTER_FIELDS = {f.name for f in fields(Counters)} - {"totals", "strategy_state"}
 # Fields of the state hash that are neither core counters nor cumulative totals.
 _NOT_TOTALS = _COUNTER_FIELDS | {
     "open_plan",
@@ -145,17 +145,19 @@ class Delta:
             self.add[name] = self.add.get(name, 0) + by
 
 
-def counters_from(state: Mapping[str, str]) -> Counters:
-    """The run's counters from its state hash (string values, as Redis returns them)."""
+def counters_from(state: Mapping[str, str], owned: frozenset[str] = frozenset()) -> Counters:
+    """The run's counters from its state hash (string values, as Redis returns them);
+    `owned`: the fields the run's strategy owns (`Strategy.run_state_fields`)."""
     core = {name: int(state.get(name, 0) or 0) for name in _COUNTER_FIELDS}
-    totals = {k: int(v) for k, v in state.items() if k not in _NOT_TOTALS}
-    return Counters(**core, totals=totals)
+    totals = {k: int(v) for k, v in state.items() if k not in _NOT_TOTALS and k not in owned}
+    mine = {k: v for k, v in state.items() if k in owned}
+    return Counters(**core, totals=totals, strategy_state=mine)
 
 
-def view_of(state: Mapping[str, str]) -> RunView:
+def view_of(state: Mapping[str, str], strategy: Strategy) -> RunView:
     """A view holding only the state hash's parts (the adapter adds the rest)."""
     return RunView(
-        counters=counters_from(state),
+        counters=counters_from(state, strategy.run_state_fields),
         open_plan=state.get("open_plan", ""),
         plan_seq=int(state.get("plan_seq", 0) or 0),
     )
@@ -244,7 +246,7 @@ def transition(view: RunView, run: RunInfo, request: Request) -> tuple[object, D
         case StepRequest():
             return _complete_step(view, run, request)
         case EpochRequest():
-            return _complete_epoch(view)
+            return _complete_epoch(view, run)
         case EvictRequest():
             return _set_evicted(view, request)
         case EvidenceRequest():
@@ -271,7 +273,7 @@ def _plan(view: RunView, run: RunInfo, req: PlanRequest) -> tuple[m.Plan, Delta 
     delta = Delta()
     rollover: _Rollover | None = None
     if counters.cursor >= n:
-        rollover = _rollover(view)
+        rollover = _rollover(view, run.strategy)
         counters = rollover.counters
     excluded = set(view.step_trained)
     buffer = [] if rollover else [e for e in view.buffer if e.prompt_id not in excluded]
@@ -282,7 +284,7 @@ def _plan(view: RunView, run: RunInfo, req: PlanRequest) -> tuple[m.Plan, Delta 
         # Nothing in the rest of the epoch could be planned (all evicted or skipped by
         # the strategy): start the next epoch now instead of failing.
         tail = decision
-        rollover = _rollover(view)
+        rollover = _rollover(view, run.strategy)
         counters = rollover.counters
         excluded |= set(rollover.evicted)
         decision = _after_tail(tail, _decide_plan(view, run, counters, [], excluded))
@@ -373,11 +375,11 @@ class _Rollover:
         delta.count("flushed", len(self.flushed))
 
 
-def _rollover(view: RunView) -> _Rollover:
+def _rollover(view: RunView, strategy: Strategy) -> _Rollover:
     """The end of the epoch: apply pending evictions, flush the buffer."""
     pending = sorted(view.evict_pending)
     stats = view.read(pending + [e.prompt_id for e in view.buffer])
-    updates = {pid: _evicted(stats[pid]) for pid in pending}
+    updates = {pid: _evicted(stats[pid], strategy) for pid in pending}
     for entry in view.buffer:
         if stats[entry.prompt_id].status is Status.BUFFERED:
             updates[entry.prompt_id] = stats[entry.prompt_id].with_status(
@@ -388,16 +390,17 @@ def _rollover(view: RunView) -> _Rollover:
     return _Rollover(new, pending, [e.prompt_id for e in view.buffer], updates)
 
 
-def _evicted(stats: PromptStats) -> PromptStats:
-    """Applied at epoch end; a strategy's more specific reason for the eviction is kept."""
-    keep = stats.last_outcome is Outcome.EVICTED_POSTERIOR
+def _evicted(stats: PromptStats, strategy: Strategy) -> PromptStats:
+    """Applied at epoch end; a strategy's more specific reason for the eviction
+    (`Strategy.eviction_outcomes`) is kept."""
+    keep = stats.last_outcome in strategy.eviction_outcomes
     return stats.with_status(Status.EVICTED, stats.last_outcome if keep else Outcome.EVICTED)
 
 
-def _complete_epoch(view: RunView) -> tuple[m.EpochCompleteResponse, Delta]:
+def _complete_epoch(view: RunView, run: RunInfo) -> tuple[m.EpochCompleteResponse, Delta]:
     if view.open_plan:
         raise Conflict(f"plan {view.open_plan} is open; report or abandon it first")
-    rollover = _rollover(view)
+    rollover = _rollover(view, run.strategy)
     delta = Delta()
     rollover.write(delta)
     delta.released_add += rollover.flushed  # the trainer did not make this call
@@ -451,7 +454,7 @@ def _report(
         train_batch_size=cfg.train_batch_size,
         batch_complete=committed >= cfg.train_batch_size,
     )
-    delta = _outcome_delta(outcome)
+    delta = _outcome_delta(outcome, run.strategy)
     delta.drop.append(("taken", plan.plan_id))
     delta.set_fields.update(open_plan="", committed=committed)
     delta.step_trained_add += [t.prompt_id for t in outcome.train]
@@ -460,12 +463,21 @@ def _report(
     return (response, True), delta
 
 
-def _outcome_delta(outcome: RoundOutcome) -> Delta:
+def _outcome_delta(outcome: RoundOutcome, strategy: Strategy) -> Delta:
     delta = Delta(stats=dict(outcome.stats))
     delta.buffer_put += outcome.buffer_add
     delta.evict_pending_add += outcome.evict_pending
     for name, increment in outcome.counts.items():
         delta.count(name, increment)
+    if outcome.buffer_seq is not None:
+        delta.set_fields["buffer_seq"] = outcome.buffer_seq
+    unknown = set(outcome.run_state) - strategy.run_state_fields
+    if unknown or set(outcome.counts) & strategy.run_state_fields:
+        raise RuntimeError(
+            f"strategy {strategy.name!r} wrote run fields it does not own or added to its "
+            f"own: {sorted(unknown | (set(outcome.counts) & strategy.run_state_fields))}"
+        )
+    delta.set_fields.update(outcome.run_state)
     return delta
 
 

@@ -83,14 +83,14 @@ class AllocatorStore(RunSnapshots):
             pipe.hmget(*run.keys.locate([prompt_id])[0])
             raw, (record,) = await pipe.execute()
         run.check({s(k): s(v) for k, v in raw.items()})
-        return _stats_out(prompt_id, PromptStats.unpack(record))
+        return _stats_out(run, prompt_id, PromptStats.unpack(record))
 
     @fresh
     async def set_evicted(self, run_id: str, prompt_id: int, evicted: bool) -> m.PromptStatsOut:
         """Evict (at once) or restore a prompt by hand; idempotent."""
         self._check_prompt(await self.run(run_id), prompt_id)
         stats: PromptStats = await self._call(run_id, p.EvictRequest(prompt_id, evicted))
-        return _stats_out(prompt_id, stats)
+        return _stats_out(await self.run(run_id), prompt_id, stats)
 
     @fresh
     async def add_evidence(
@@ -104,7 +104,7 @@ class AllocatorStore(RunSnapshots):
         return m.EvidenceResponse(
             evidence_id=evidence.evidence_id,
             duplicate=duplicate,
-            prompt=_stats_out(prompt_id, stats),
+            prompt=_stats_out(await self.run(run_id), prompt_id, stats),
         )
 
     @fresh
@@ -118,7 +118,7 @@ class AllocatorStore(RunSnapshots):
             raw, buffer_size, pending = await pipe.execute()
         state = {s(k): s(v) for k, v in raw.items()}
         run.check(state)
-        counters = p.counters_from(state)
+        counters = p.counters_from(state, run.strategy.run_state_fields)
         return m.RunSummary(
             run_id=run_id,
             spec=run.spec,
@@ -131,6 +131,7 @@ class AllocatorStore(RunSnapshots):
             buffer_size=buffer_size,
             evict_pending=pending,
             counters=dict(sorted(counters.totals.items())),
+            strategy_state=run.strategy.describe_run_state(counters),
         )
 
     def _check_prompt(self, run: Run, prompt_id: int) -> None:
@@ -159,7 +160,7 @@ class AllocatorStore(RunSnapshots):
                     state = {s(k): s(v) for k, v in raw.items()}
                     run.check(state)
                     try:
-                        view = await self._view(keys, state, request)
+                        view = await self._view(run, state, request)
                         while True:
                             try:
                                 answer, delta = p.transition(view, info, request)
@@ -184,9 +185,10 @@ class AllocatorStore(RunSnapshots):
                     continue
         raise Conflict("the run is being changed by many requests at once; retry")
 
-    async def _view(self, keys: RunKeys, state: dict[str, str], request: p.Request) -> p.RunView:
+    async def _view(self, run: Run, state: dict[str, str], request: p.Request) -> p.RunView:
         """The parts of the run's state `request` reads, in one pipeline."""
-        view = p.view_of(state)
+        keys = run.keys
+        view = p.view_of(state, run.strategy)
         reads = request.reads
         wanted: list[tuple[str, Any]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -310,11 +312,10 @@ def _b(value: bytes | str) -> bytes:
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
-def _stats_out(prompt_id: int, st: PromptStats) -> m.PromptStatsOut:
+def _stats_out(run: Run, prompt_id: int, st: PromptStats) -> m.PromptStatsOut:
     def finite(x: float) -> float | None:
         return None if x != x else float(x)
 
-    aux = {"a": st.aux_a, "b": st.aux_b, "step": float(st.aux_step)} if st.aux_step >= 0 else {}
     return m.PromptStatsOut(
         prompt_id=prompt_id,
         status=st.status.name.lower(),
@@ -327,5 +328,5 @@ def _stats_out(prompt_id: int, st: PromptStats) -> m.PromptStatsOut:
         last_step=st.last_step,
         all_correct_streak=st.all_correct_streak,
         all_wrong_streak=st.all_wrong_streak,
-        strategy_state=aux,
+        strategy_state=run.strategy.describe_prompt_state(st),
     )

@@ -49,7 +49,7 @@ class MemoryRun:
         return answer
 
     def view(self, request: p.Request) -> p.RunView:
-        view = p.view_of(self.state)
+        view = p.view_of(self.state, self.info.strategy)
         reads = request.reads
         if "buffer" in reads:
             view.buffer = sorted(self.buffer.values(), key=lambda e: e.seq)

@@ -8,7 +8,7 @@ Each round plans, in one generation call ("one-step binding"):
 Piloted prompts are gated on p_hat: inside [p_lower, 1 - p_upper] they enter the buffer
 stamped with the step; above it they are skipped (and evicted at the epoch's end when
 p_hat >= exclude_threshold); below it they are deferred to later epochs. Buffer entries
-older than `buffer_max_off_steps` steps expire; the store clears the buffer at epoch end.
+older than `buffer_max_off_steps` steps expire; the protocol clears the buffer at epoch end.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from services.allocator.configs import PilotCommitConfig
+from services.allocator.configs import EPS, PilotCommitConfig
 from services.allocator.core import (
     BufferEntry,
     Counters,
@@ -30,6 +30,8 @@ from services.allocator.core import (
     Strategy,
     TrainGroup,
     balanced_subset,
+    band_side,
+    expired_entries,
     observe,
     pick_from_buffer,
     summarize,
@@ -37,16 +39,15 @@ from services.allocator.core import (
 )
 from services.allocator.records import Outcome, PromptStats, Status
 
-_EPS = 1e-9
 
-
-def gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:
+def pilot_gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:
     """The gate on a pilot's pass rate: pass, too easy (maybe evict) or too hard."""
     p = group.pass_rate
-    if p < config.p_lower - _EPS:
+    side = band_side(p, config.p_lower, config.p_upper)
+    if side < 0:
         return Outcome.TOO_HARD, Status.DEFERRED
-    if p > 1.0 - config.p_upper + _EPS:
-        evict = config.exclude_threshold is not None and p >= config.exclude_threshold - _EPS
+    if side > 0:
+        evict = config.exclude_threshold is not None and p >= config.exclude_threshold - EPS
         return Outcome.TOO_EASY, Status.EVICT_PENDING if evict else Status.EASY
     return Outcome.PASS, Status.BUFFERED
 
@@ -82,7 +83,7 @@ class PilotCommit(Strategy):
                 continue
             seq += 1
             self._pilot(ctx, item, rewards, stats, seq, out)
-        out.counts["buffer_seq"] = seq - ctx.counters.buffer_seq
+        out.buffer_seq = seq
         return out
 
     def _commit(
@@ -122,7 +123,7 @@ class PilotCommit(Strategy):
         out: RoundOutcome,
     ) -> None:
         group = summarize(rewards, self.config.success_threshold)
-        outcome, status = gate(self.config, group)
+        outcome, status = pilot_gate(self.config, group)
         updated = replace(
             observe(stats, group, ctx.counters.step, status, outcome),
             pilot_pass_rate=group.pass_rate,
@@ -148,5 +149,4 @@ class PilotCommit(Strategy):
             out.evict_pending.append(item.prompt_id)
 
     def expire(self, step_done: int, buffer: Sequence[BufferEntry]) -> list[BufferEntry]:
-        next_step = step_done + 1
-        return [e for e in buffer if next_step - e.step > self.config.buffer_max_off_steps]
+        return expired_entries(buffer, step_done, self.config.buffer_max_off_steps)
