@@ -27,6 +27,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import ClassVar
 
 from services.allocator import models as m
@@ -108,6 +109,8 @@ class RunView:
     step_plans: list[str] = field(default_factory=list)
     records: dict[str, str | bytes | None] = field(default_factory=dict)
     stats: dict[int, PromptStats] = field(default_factory=dict)
+    # Records parsed once per view, not once per call of the transition.
+    parsed: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     def read(self, ids: Iterable[int]) -> dict[int, PromptStats]:
         """Statistics of `ids`; MissingStats for any the adapter has not read yet."""
@@ -187,7 +190,7 @@ class ReportRequest(Request):
     rewards: Sequence[Sequence[float]]
     reads: ClassVar[frozenset[str]] = frozenset({"plan", "applied", "result", "taken"})
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return digest(self.rewards)
 
@@ -225,7 +228,7 @@ class EvidenceRequest(Request):
     rewards: Sequence[float]
     reads: ClassVar[frozenset[str]] = frozenset({"evidence"})
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return digest([[float(self.prompt_id)], self.rewards])
 
@@ -612,7 +615,10 @@ def _stored_plan(view: RunView, plan_id: str, record: str = "plan") -> m.Plan:
     raw = view.records.get(record)
     if raw is None:
         raise NotFound(f"plan {plan_id!r} is unknown or expired")
-    return m.Plan.model_validate_json(raw)
+    plan = view.parsed.get(record)
+    if not isinstance(plan, m.Plan):
+        plan = view.parsed[record] = m.Plan.model_validate_json(raw)
+    return plan
 
 
 def _item_out(item: PlanItem) -> m.PlanItemOut:
