@@ -485,11 +485,16 @@ def _outcome_delta(outcome: RoundOutcome, strategy: Strategy) -> Delta:
 
 
 def _abandon(view: RunView, req: AbandonRequest) -> tuple[m.Plan, Delta]:
-    """Close an open plan without results; its commit prompts go back to the buffer."""
+    """Close an open plan without results; its commit prompts go back to the buffer, but
+    those evicted by hand while the plan was open are released instead."""
     plan = _stored_plan(view, req.plan_id)
     if view.open_plan != req.plan_id:
         raise Conflict(f"plan {req.plan_id} is not open")
-    delta = Delta(buffer_put=unpack_entries(view.records.get("taken")))
+    taken = unpack_entries(view.records.get("taken"))
+    stats = view.read(e.prompt_id for e in taken)
+    evicted = {e.prompt_id for e in taken if stats[e.prompt_id].status is Status.EVICTED}
+    delta = Delta(buffer_put=[e for e in taken if e.prompt_id not in evicted])
+    delta.released_add += sorted(evicted)
     delta.drop.append(("taken", req.plan_id))
     delta.set_fields["open_plan"] = ""
     delta.count("plans_abandoned")

@@ -57,9 +57,10 @@ class Protocol:
             self.operator()
             plan = self.plan(len(train))
             rewards = self.rewards(plan)
+            if self.chaos and self.rng.random() < 0.2:  # an eviction while the plan is open
+                self.run.set_evicted(self.rng.choice(plan.items).prompt_id, True)
             if self.chaos and self.rng.random() < 0.1:
                 self.run.call(p.AbandonRequest(plan.plan_id))
-                self.held |= {i.prompt_id for i in plan.items if i.role == "commit"}
                 continue
             result, applied = self.run.report(plan.plan_id, rewards)
             assert applied
@@ -230,13 +231,17 @@ def test_expiry_and_pending_releases_come_with_step_completion() -> None:
     assert run.plan("c").released == []
 
 
-def test_abandon_releases_nothing_and_returns_commits() -> None:
+def test_abandon_returns_commits_and_releases_those_evicted_meanwhile() -> None:
     run, _ = filled()
     plan = run.plan("b")
-    commits = {i.prompt_id for i in plan.items if i.role == "commit"}
+    commits = sorted(i.prompt_id for i in plan.items if i.role == "commit")
+    run.set_evicted(commits[0], True)  # while the plan is open: not in the buffer now
+    assert not run.sets["released"]
     run.call(p.AbandonRequest(plan.plan_id))
-    assert commits <= set(run.buffer)
-    assert run.plan("c").released == []
+    assert commits[1] in run.buffer and commits[0] not in run.buffer
+    again = run.plan("c")
+    assert again.released == [commits[0]]
+    assert commits[0] not in {i.prompt_id for i in again.items}
 
 
 def test_transition_is_pure() -> None:
