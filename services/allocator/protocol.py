@@ -143,8 +143,10 @@ class Delta:
     set_fields: dict[str, int | str] = field(default_factory=dict)  # state hash fields set
     add: dict[str, int] = field(default_factory=dict)  # state hash counters incremented
 
-    def count(self, name: str, by: int = 1) -> None:
-        if by:
+    def count(self, name: str, by: int = 1, *, zero: bool = False) -> None:
+        """Add `by` to counter `name`; a zero increment only with `zero` (which makes the
+        counter appear in the run's summary)."""
+        if by or zero:
             self.add[name] = self.add.get(name, 0) + by
 
 
@@ -374,8 +376,8 @@ class _Rollover:
         delta.clear_buffer = delta.clear_evict_pending = True
         delta.set_fields.update(epoch=self.counters.epoch, cursor=0)
         delta.count("epochs_completed")
-        delta.count("evicted", len(self.evicted))
-        delta.count("flushed", len(self.flushed))
+        delta.count("evicted", len(self.evicted), zero=True)
+        delta.count("flushed", len(self.flushed), zero=True)
 
 
 def _rollover(view: RunView, strategy: Strategy) -> _Rollover:
