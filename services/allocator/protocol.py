@@ -13,8 +13,9 @@ applies the returned `Delta` in one MULTI/EXEC. Every rule of the protocol lives
 - every buffer entry that leaves the buffer is *released* exactly once, in an answer the
   trainer receives (`Plan.released`, `ResultsResponse.released`,
   `StepCompleteResponse.released`); entries released by calls the trainer does not make
-  (a manual eviction, an external epoch end) wait in the run's pending-release set until
-  the next plan or step completion drains it.
+  (a manual eviction, an external epoch end), or by an abandon (a commit prompt evicted
+  while its plan was open), wait in the run's pending-release set until the next plan or
+  step completion drains it.
 
 Statistics are read lazily: `RunView.read` raises `MissingStats` for prompts the adapter
 has not read yet; the adapter reads them and calls the transition again, from the same

@@ -4,7 +4,8 @@
 strings, the buffer, the sets, the records) and answers each request the way
 `AllocatorStore._call` does: a view of the parts the request reads, `transition` until it
 needs no more statistics, then the delta applied in `Delta`'s order. Property tests run
-thousands of protocols through it in milliseconds each.
+thousands of protocols through it in milliseconds each; test_adapters.py checks that it
+answers as the store does.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ class MemoryRun:
         for pid in d.buffer_del:
             self.buffer.pop(pid, None)
         self.sets["evict_pending"] -= set(d.evict_pending_del)
-        self.stats.update(d.stats)
-        self.buffer.update({e.prompt_id: e for e in d.buffer_put})
+        # Through the records' binary form, as Redis holds them (float32 fields).
+        self.stats.update({pid: PromptStats.unpack(st.pack()) for pid, st in d.stats.items()})
+        self.buffer.update({e.prompt_id: BufferEntry.unpack(e.pack()) for e in d.buffer_put})
         self.sets["evict_pending"] |= set(d.evict_pending_add)
         self.sets["step_trained"] |= set(d.step_trained_add)
         self.sets["released"] |= set(d.released_add)
