@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.allocator.models import AnyStrategyConfig
+from services.allocator.configs import AnyStrategyConfig
 
 
 class _Section(BaseModel):

@@ -1,5 +1,7 @@
 """The allocation service: decides which prompts to pilot, commit, defer and evict.
 
-`core`, `records`, `permutation` and `strategies/` are pure (no I/O); `store` keeps a
-run's state in Redis; `app` serves it over HTTP; `client` is the typed async client.
+`configs`, `core`, `protocol`, `records`, `permutation` and `strategies/` are pure (no
+I/O): `protocol.transition` is the whole allocation protocol as a state machine. `store`
+is its Redis adapter (with `runs` and `snapshot`); `app` serves it over HTTP; `client` is
+the typed async client.
 """

@@ -5,7 +5,7 @@ strategy as plain values (`PlanContext`, `ResultContext`), and writes back what 
 strategy decides (`RoundPlan`, `RoundOutcome`). That keeps every selection rule a
 tested pure function and lets a new strategy be one module under `strategies/`.
 
-Vocabulary (see docs/pilot-commit.md in the shared docs):
+Vocabulary (see the paper, arXiv 2605.26606, and docs/allocator.md, docs/strategies.md):
 - a *step* is one optimiser step; it trains on exactly `train_batch_size` groups;
 - a *round* is one generation call; a step takes one or more rounds;
 - a plan item's *role* is `pilot` (a few rollouts to estimate the pass rate), `commit`
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from services.allocator.configs import EPS, FullGroupConfig, StrategyConfig
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
+
+__all__ = ["FullGroupConfig", "StrategyConfig"]  # re-exported: strategies import them from here
 
 
 class Role(StrEnum):
@@ -38,33 +39,6 @@ class AllocationError(Exception):
     """The run cannot go on as configured (e.g. max_rounds exhausted); a 409 on the wire."""
 
 
-class StrategyConfig(BaseModel):
-    """Parameters shared by every strategy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    train_batch_size: int = Field(128, ge=1, le=65536, description="Groups per optimiser step (B).")
-    max_rounds: int = Field(
-        10, ge=1, le=1000, description="Generation rounds per step before the step fails loudly."
-    )
-    success_threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="A rollout counts as a success when reward >= this."
-    )
-
-    def group_size(self) -> int:
-        """Rollouts in one train group (G)."""
-        raise NotImplementedError
-
-
-class FullGroupConfig(StrategyConfig):
-    """A strategy whose every group is sampled whole: n rollouts per prompt."""
-
-    n: int = Field(16, ge=2, le=4096, description="Rollouts per prompt (group size G).")
-
-    def group_size(self) -> int:
-        return self.n
-
-
 @dataclass(frozen=True)
 class Counters:
     """The run's small scalar state (one Redis hash)."""
@@ -74,10 +48,12 @@ class Counters:
     cursor: int = 0  # next position in this epoch's order
     round: int = 0  # rounds planned in the current step
     committed: int = 0  # groups already in the current step's train batch
-    buffer_seq: int = 0  # arrival counter for buffer entries
-    # Every other integer of the run's state hash: cumulative counters (gate_pass, ...) and
-    # values a strategy keeps there through `RoundOutcome.counts` increments.
+    buffer_seq: int = 0  # arrival counter for buffer entries (set by `RoundOutcome.buffer_seq`)
+    # Cumulative counters only (gate_pass, groups_trained, ...): incremented, never set.
     totals: Mapping[str, int] = field(default_factory=dict, hash=False)
+    # The run's fields its strategy owns (`Strategy.run_state_fields`), encoded by the
+    # strategy's own codec; set through `RoundOutcome.run_state`, never added.
+    strategy_state: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -144,6 +120,8 @@ class RoundOutcome:
     buffer_add: list[BufferEntry] = field(default_factory=list)
     evict_pending: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # counter name -> increment
+    buffer_seq: int | None = None  # the run's new arrival counter (None: unchanged)
+    run_state: dict[str, str] = field(default_factory=dict)  # strategy-owned fields set
 
 
 @dataclass(frozen=True)
@@ -166,10 +144,16 @@ class EvidenceOutcome:
 
 
 class Strategy(ABC):
-    """One allocation rule. Subclasses register themselves by `name` in `STRATEGIES`."""
+    """One allocation rule, registered by `name` in `strategies.STRATEGIES`."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[StrategyConfig]]
+    # Fields of the run's state hash this strategy owns (its per-run state, set whole by
+    # `RoundOutcome.run_state`); the store passes them in `Counters.strategy_state`.
+    run_state_fields: ClassVar[frozenset[str]] = frozenset()
+    # Last outcomes of an evict-pending prompt that the epoch-end eviction keeps, as a more
+    # specific reason than Outcome.EVICTED.
+    eviction_outcomes: ClassVar[frozenset[Outcome]] = frozenset()
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
@@ -194,13 +178,13 @@ class Strategy(ABC):
         """Fold external evidence into a prompt's statistics (default: ignore it)."""
         return EvidenceOutcome(ctx.stats)
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if not getattr(cls, "__abstractmethods__", None) and hasattr(cls, "name"):
-            STRATEGIES[cls.name] = cls
+    def describe_prompt_state(self, stats: PromptStats) -> dict[str, float]:
+        """The prompt's `strategy_state`, decoded for people (`PromptStatsOut`)."""
+        return {}
 
-
-STRATEGIES: dict[str, type[Strategy]] = {}
+    def describe_run_state(self, counters: Counters) -> dict[str, float]:
+        """The run's `strategy_state`, decoded for people (`RunSummary`)."""
+        return {}
 
 
 # ---- helpers shared by strategies (all pure) ----
@@ -280,9 +264,7 @@ def observe(
         last_outcome=outcome,
         all_correct_streak=stats.all_correct_streak + 1 if all_correct else 0,
         all_wrong_streak=stats.all_wrong_streak + 1 if all_wrong else 0,
-        aux_a=stats.aux_a,
-        aux_b=stats.aux_b,
-        aux_step=stats.aux_step,
+        strategy_state=stats.strategy_state,
     )
 
 
@@ -311,6 +293,24 @@ def pick_from_buffer(
         return rng.sample(ordered, min(count, len(ordered)))
     ranked = sorted(buffer, key=lambda e: (e.std, e.step, e.seq), reverse=True)
     return ranked[:count]
+
+
+def expired_entries(
+    buffer: Sequence[BufferEntry], step_done: int, max_off_steps: int
+) -> list[BufferEntry]:
+    """Entries no longer committable in the step after `step_done`: buffered more than
+    `max_off_steps` steps before it."""
+    next_step = step_done + 1
+    return [e for e in buffer if next_step - e.step > max_off_steps]
+
+
+def band_side(value: float, p_lower: float, p_upper: float) -> int:
+    """-1 below the gate band [p_lower, 1 - p_upper], 1 above it, 0 inside (EPS slack)."""
+    if value < p_lower - EPS:
+        return -1
+    if value > 1.0 - p_upper + EPS:
+        return 1
+    return 0
 
 
 def balanced_subset(rewards: Sequence[float], k: int, success_threshold: float) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ BUCKET_SIZE = 64  # prompts per statistics hash; small enough for Redis's listpa
 _KINDS = [
     (re.compile(r"config|last_step_done|(plan|result|taken):[^:]+"), "string"),
     (re.compile(r"state|buffer|requests|applied|evidence|stats:\d+"), "hash"),
-    (re.compile(r"evict_pending|step_trained|step_plans"), "set"),
+    (re.compile(r"evict_pending|step_trained|step_plans|released"), "set"),
 ]
 
 
@@ -51,6 +51,12 @@ class RunKeys:
     def step_trained(self) -> str:
         """Prompts already in the current step's train batch (a prompt trains once a step)."""
         return f"{self.prefix}:step_trained"
+
+    @property
+    def released(self) -> str:
+        """Buffer entries released by calls the trainer does not make (a manual eviction,
+        an epoch end through the endpoint), until the next plan or step completion says so."""
+        return f"{self.prefix}:released"
 
     @property
     def pattern(self) -> str:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
+from services.allocator.configs import AnyStrategyConfig
 from services.allocator.core import Role
-from services.allocator.strategies import config_models
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # A reward is a JSON number (an int is taken as a float); strings and booleans are refused.
 Reward = Annotated[float, Strict()]
-
-if TYPE_CHECKING:
-    from services.allocator.core import StrategyConfig as AnyStrategyConfig
-else:
-    # Every registered strategy's config, told apart by its `strategy` field.
-    AnyStrategyConfig = Annotated[
-        Union[tuple(config_models())],  # noqa: UP007
-        Field(discriminator="strategy"),
-    ]
 
 
 class _Model(BaseModel):
@@ -73,7 +64,14 @@ class Plan(_Model):
     dropped_from_buffer: list[int] = Field(
         default_factory=list,
         description="Prompts whose stored pilot rollouts the trainer may drop (the buffer was "
-        "flushed at an epoch boundary while planning).",
+        "flushed at an epoch boundary while planning). Superseded by `released`.",
+    )
+    released: list[int] = Field(
+        default_factory=list,
+        description="Buffer entries released, sorted: those flushed while this plan was made "
+        "plus every entry released since the previous plan or step completion by a call the "
+        "trainer does not make (a manual eviction, an epoch end through the epoch endpoint). "
+        "The trainer drops their stored pilot rollouts. A retried request gets the same list.",
     )
 
 
@@ -124,6 +122,12 @@ class ResultsResponse(_Model):
     gates: list[GateOut] = Field(description="Per plan item, in plan order.")
     train: list[TrainGroupOut] = Field(description="Groups this round adds to the train batch.")
     buffered: list[int] = Field(description="Piloted prompts that entered the replay buffer.")
+    released: list[int] = Field(
+        default_factory=list,
+        description="Buffer entries this report consumed (its commit items), sorted: the "
+        "trainer reads their stored pilot rollouts for the train groups, then drops them. "
+        "Applied before `buffered`.",
+    )
     committed: int = Field(description="Groups in the step's train batch so far.")
     train_batch_size: int
     batch_complete: bool = Field(
@@ -136,7 +140,15 @@ class StepCompleteResponse(_Model):
     step: int = Field(description="The run's current step after completion.")
     epoch: int
     expired: list[int] = Field(
-        description="Buffered prompts that expired; the trainer may drop their pilot rollouts."
+        description="Buffered prompts that expired; the trainer may drop their pilot rollouts. "
+        "Superseded by `released`."
+    )
+    released: list[int] = Field(
+        default_factory=list,
+        description="Buffer entries released, sorted: those that expired at the step's end plus "
+        "any released since the previous plan by a call the trainer does not make (a manual "
+        "eviction, an epoch end through the epoch endpoint). The trainer drops their stored "
+        "pilot rollouts; its stored prompts must then equal `buffer`.",
     )
     buffer: list[int] | None = Field(
         default=None,
@@ -210,7 +222,12 @@ class RunSummary(_Model):
         "expired, flushed, steps_completed, epochs_completed; and the strategy's own "
         "(posterior_gate: gate_skipped_confident_easy / gate_skipped_confident_hard / "
         "gate_direct_commit / gate_evicted_posterior, pilots_recheck, restored_evidence, "
-        "evidence_rewards, pass_through_ewma_ppm)."
+        "evidence_rewards)."
+    )
+    strategy_state: dict[str, float] = Field(
+        default_factory=dict,
+        description="The strategy's own run state, decoded (posterior_gate: "
+        "`pass_through_rate`, the EWMA of the pilot pass-through rate).",
     )
 
 

@@ -48,16 +48,20 @@ class Outcome(IntEnum):
     EVIDENCE = 15  # external evidence (e.g. an evaluation) folded into the statistics
 
 
-_RECORD = struct.Struct("<IIfffiBBBBffi")
+_RECORD = struct.Struct("<IIfffiBBBB12s")
 RECORD_SIZE = _RECORD.size  # 40 bytes
+STRATEGY_STATE_SIZE = 12  # bytes of a record the run's strategy owns
+# How a record holds "no strategy state" (what records written before strategies had their
+# own codecs hold there too); a strategy's codec never encodes its state to these bytes.
+_NO_STATE = struct.pack("<ffi", 0.0, 0.0, -1)
 
 
 @dataclass(frozen=True)
 class PromptStats:
     """Everything the allocator remembers about one prompt.
 
-    `aux_a`, `aux_b` and `aux_step` belong to the run's strategy (e.g. a Beta posterior
-    and the step it was last discounted at); the built-in strategies leave them at 0.
+    `strategy_state` belongs to the run's strategy: at most `STRATEGY_STATE_SIZE` bytes
+    that only its own codec reads and writes (b"": none, e.g. before its first group).
     """
 
     rollouts: int = 0
@@ -70,9 +74,7 @@ class PromptStats:
     last_outcome: Outcome = Outcome.NONE
     all_correct_streak: int = 0
     all_wrong_streak: int = 0
-    aux_a: float = 0.0
-    aux_b: float = 0.0
-    aux_step: int = -1
+    strategy_state: bytes = b""
 
     def pack(self) -> bytes:
         return _RECORD.pack(
@@ -86,10 +88,14 @@ class PromptStats:
             int(self.last_outcome),
             min(self.all_correct_streak, 255),
             min(self.all_wrong_streak, 255),
-            self.aux_a,
-            self.aux_b,
-            self.aux_step,
+            self.strategy_state.ljust(STRATEGY_STATE_SIZE, b"\0")
+            if self.strategy_state
+            else _NO_STATE,
         )
+
+    def __post_init__(self) -> None:
+        if len(self.strategy_state) > STRATEGY_STATE_SIZE:
+            raise ValueError(f"strategy state of {len(self.strategy_state)} bytes; at most 12")
 
     @classmethod
     def unpack(cls, raw: bytes | None) -> PromptStats:
@@ -106,9 +112,7 @@ class PromptStats:
             outcome,
             correct,
             wrong,
-            aux_a,
-            aux_b,
-            aux_step,
+            state,
         ) = _RECORD.unpack(raw)
         return cls(
             rollouts,
@@ -121,9 +125,7 @@ class PromptStats:
             Outcome(outcome),
             correct,
             wrong,
-            aux_a,
-            aux_b,
-            aux_step,
+            b"" if state == _NO_STATE else state,
         )
 
     def with_status(self, status: Status, outcome: Outcome | None = None) -> PromptStats:

@@ -24,7 +24,7 @@ from services.allocator.permutation import EpochPermutation
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
 from services.allocator.strategies.dapo import DAPO, DAPOConfig
 from services.allocator.strategies.grpo import GRPO, GRPOConfig
-from services.allocator.strategies.pilot_commit import PilotCommit, PilotCommitConfig, gate
+from services.allocator.strategies.pilot_commit import PilotCommit, PilotCommitConfig, pilot_gate
 
 
 def pc(**kw: object) -> PilotCommit:
@@ -74,13 +74,14 @@ def test_permutation_depends_on_seed_and_epoch_and_slices_agree() -> None:
 
 def test_prompt_stats_round_trip_is_40_bytes() -> None:
     stats = PromptStats(
-        7, 3, 3.5, 0.25, 0.4330127, 12, Status.BUFFERED, Outcome.PASS, 2, 0, 1.5, 2.5, 11
+        7, 3, 3.5, 0.25, 0.4330127, 12, Status.BUFFERED, Outcome.PASS, 2, 0, b"strategy"
     )
     raw = stats.pack()
     assert len(raw) == 40
     back = PromptStats.unpack(raw)
     assert back.status is Status.BUFFERED and back.last_outcome is Outcome.PASS
-    assert (back.rollouts, back.successes, back.last_step, back.aux_step) == (7, 3, 12, 11)
+    assert (back.rollouts, back.successes, back.last_step) == (7, 3, 12)
+    assert back.strategy_state == b"strategy\0\0\0\0"  # the strategy's 12 bytes, padded
     assert back.pilot_std == pytest.approx(0.4330127)
     assert math.isnan(PromptStats.unpack(None).pilot_pass_rate)
 
@@ -143,7 +144,7 @@ def test_random_pick_is_seeded() -> None:
 def test_gate_band_edges_paper_setting(successes: int, outcome: Outcome, status: Status) -> None:
     cfg = PilotCommitConfig(n_pilot=8, p_lower=0.125, p_upper=0.25, exclude_threshold=1.0)
     group = summarize([1.0] * successes + [0.0] * (8 - successes), 0.5)
-    assert gate(cfg, group) == (outcome, status)
+    assert pilot_gate(cfg, group) == (outcome, status)
 
 
 def test_empty_band_is_rejected() -> None:
@@ -198,7 +199,7 @@ def test_results_gate_buffer_and_train_batch() -> None:
     assert out.stats[3].status is Status.DEFERRED and out.stats[3].all_wrong_streak == 1
     assert out.stats[9].rollouts == 4 and out.stats[9].status is Status.ACTIVE
     assert out.counts["rollouts_pilot"] == 12 and out.counts["rollouts_commit"] == 4
-    assert out.counts["buffer_seq"] == 3
+    assert out.buffer_seq == 13 and "buffer_seq" not in out.counts
 
 
 def test_expiry_after_max_off_steps() -> None:

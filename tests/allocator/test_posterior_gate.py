@@ -20,24 +20,25 @@ from services.allocator.core import (
     Role,
 )
 from services.allocator.records import BufferEntry, Outcome, PromptStats, Status
-from services.allocator.strategies.posterior_gate import (
-    EWMA_KEY,
-    Posterior,
-    PosteriorGate,
-    PosteriorGateConfig,
-    Verdict,
-    beta_cdf,
+from services.allocator.strategies.beta import Posterior, beta_cdf
+from services.allocator.strategies.posterior_gate import PosteriorGate, PosteriorGateConfig
+from services.allocator.strategies.posterior_rules import (
+    GateRunState,
+    PosteriorRecord,
+    PriorCall,
+    call_before_rollouts,
     evidence,
-    gate,
     is_solved,
-    judge,
     pick_commits,
     pilot_quota,
     pilot_size,
     posterior_at,
+    posterior_pilot_gate,
     recheck_draw,
     updated_pass_rate,
 )
+
+EWMA_KEY = GateRunState.FIELD
 
 CFG = PosteriorGateConfig(train_batch_size=2)  # defaults otherwise: G = 32, pilot 4
 
@@ -48,7 +49,15 @@ def pg(**kw: object) -> PosteriorGate:
 
 def seen(successes: int, failures: int, step: int = 0, **kw: object) -> PromptStats:
     """Statistics whose posterior holds these rollouts (Jeffreys prior), folded at `step`."""
-    return PromptStats(aux_a=0.5 + successes, aux_b=0.5 + failures, aux_step=step, **kw)
+    state = PosteriorRecord(0.5 + successes, 0.5 + failures, step).encode()
+    return PromptStats(strategy_state=state, **kw)
+
+
+def record(stats: PromptStats) -> tuple[float, float, int]:
+    """The (alpha, beta, step) a prompt's statistics hold."""
+    rec = PosteriorRecord.decode(stats.strategy_state)
+    assert rec is not None
+    return rec.alpha, rec.beta, rec.step
 
 
 def post(successes: int, failures: int) -> Posterior:
@@ -110,26 +119,26 @@ def test_manual_restore_forgets_the_evidence_that_evicted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("successes", "failures", "verdict"),
+    ("successes", "failures", "call"),
     [
-        (0, 0, Verdict.PILOT),  # no evidence
-        (0, 4, Verdict.PILOT),  # P(p < 0.125) = 0.71: one small pilot is not enough
-        (0, 8, Verdict.SKIP_HARD),  # 0.86
-        (4, 0, Verdict.SKIP_EASY),  # P(p > 0.75) = 0.88
-        (3, 1, Verdict.PILOT),
-        (16, 16, Verdict.DIRECT),  # P(in band) = 0.999
-        (8, 24, Verdict.DIRECT),  # 0.98
-        (24, 8, Verdict.PILOT),  # 0.51: on the band's edge
-        (28, 4, Verdict.SKIP_EASY),  # 0.96
+        (0, 0, PriorCall.PILOT),  # no evidence
+        (0, 4, PriorCall.PILOT),  # P(p < 0.125) = 0.71: one small pilot is not enough
+        (0, 8, PriorCall.SKIP_HARD),  # 0.86
+        (4, 0, PriorCall.SKIP_EASY),  # P(p > 0.75) = 0.88
+        (3, 1, PriorCall.PILOT),
+        (16, 16, PriorCall.DIRECT),  # P(in band) = 0.999
+        (8, 24, PriorCall.DIRECT),  # 0.98
+        (24, 8, PriorCall.PILOT),  # 0.51: on the band's edge
+        (28, 4, PriorCall.SKIP_EASY),  # 0.96
     ],
 )
-def test_judge_hand_checked(successes: int, failures: int, verdict: Verdict) -> None:
-    assert judge(CFG, post(successes, failures)) is verdict
+def test_call_before_rollouts_hand_checked(successes: int, failures: int, call: PriorCall) -> None:
+    assert call_before_rollouts(CFG, post(successes, failures)) is call
 
 
 def test_direct_commits_can_be_disabled() -> None:
     cfg = PosteriorGateConfig(direct_confidence=None)
-    assert judge(cfg, post(16, 16)) is Verdict.PILOT
+    assert call_before_rollouts(cfg, post(16, 16)) is PriorCall.PILOT
 
 
 def test_pilot_tops_evidence_up_to_n_pilot() -> None:
@@ -157,7 +166,7 @@ def test_pilot_tops_evidence_up_to_n_pilot() -> None:
 def test_gate_on_the_posterior(
     successes: int, failures: int, outcome: Outcome, status: Status
 ) -> None:
-    assert gate(CFG, post(successes, failures)) == (outcome, status)
+    assert posterior_pilot_gate(CFG, post(successes, failures)) == (outcome, status)
 
 
 def test_eviction_needs_enough_evidence_and_confidence() -> None:
@@ -231,7 +240,7 @@ def test_plan_skips_commits_directly_and_pilots_the_rest() -> None:
 
 def test_rechecks_pilot_some_confident_prompts() -> None:
     stats = [seen(8, 0) for _ in range(400)]
-    low_pass_rate = Counters(totals={EWMA_KEY: 10_000})  # 0.01: pilot up to the cap
+    low_pass_rate = Counters(strategy_state={EWMA_KEY: "10000"})  # 0.01: pilot up to the cap
     strategy = pg(recheck_rate=0.25, max_pilots_per_round=1000)
     plan = strategy.plan_round(ctx(stats, counters=low_pass_rate))
     assert 60 < len(plan.items) < 140 and plan.counts["pilots_recheck"] == len(plan.items)
@@ -255,7 +264,7 @@ def test_buffer_commits_complete_pilot_rollouts_to_g() -> None:
 
 def test_pilot_quota_stops_the_walk_and_fills_the_buffer_to_need() -> None:
     strategy = pg(train_batch_size=4)
-    counters = Counters(totals={EWMA_KEY: 500_000})
+    counters = Counters(strategy_state={EWMA_KEY: "500000"})
     buf = [entry(i, 0.5, seq=i) for i in range(6)]  # 4 commit now, 2 stay
     plan = strategy.plan_round(ctx([PromptStats()] * 20, buf, counters))
     pilots = [i for i in plan.items if i.role is Role.PILOT]
@@ -329,7 +338,7 @@ def test_results_gate_train_and_evict() -> None:
     assert out.stats[5].last_outcome is Outcome.EVICTED_POSTERIOR
     assert out.stats[5].status is Status.EVICT_PENDING
     assert out.stats[9].rollouts == 28 and out.stats[9].status is Status.ACTIVE
-    assert (out.stats[9].aux_a, out.stats[9].aux_b, out.stats[9].aux_step) == (14.5, 14.5, 3)
+    assert record(out.stats[9]) == (14.5, 14.5, 3)
     assert out.stats[2].status is Status.EASY  # four rollouts never evict
     [buffered] = out.buffer_add
     assert (buffered.prompt_id, buffered.step, buffered.seq) == (1, 3, 11)
@@ -338,10 +347,11 @@ def test_results_gate_train_and_evict() -> None:
     assert out.counts["rollouts_pilot"] == 12 and out.counts["rollouts_commit"] == 28
     assert out.counts["rollouts_full"] == 32 and out.counts["groups_trained"] == 2
     assert out.counts["gate_direct_commit"] == 1 and out.counts["gate_evicted_posterior"] == 1
-    assert out.counts["buffer_seq"] == 3
+    assert out.buffer_seq == 13 and "buffer_seq" not in out.counts
     keep = 0.98**3
     expected = keep * 0.5 + (1 - keep) / 3
-    assert out.counts[EWMA_KEY] == round(expected * 1e6)  # from the default 0.5
+    assert out.run_state == {EWMA_KEY: str(round(expected * 1e6))}  # from the default 0.5
+    assert EWMA_KEY not in out.counts  # set, never added
 
 
 def test_results_fold_into_a_discounted_posterior() -> None:
@@ -350,7 +360,7 @@ def test_results_fold_into_a_discounted_posterior() -> None:
     out = strategy.apply_results(
         ResultContext(Counters(step=4), [PlanItem(1, Role.PILOT, 2)], [[0, 0]], stats, {})
     )
-    assert (out.stats[1].aux_a, out.stats[1].aux_b) == pytest.approx((4.5, 2.5))
+    assert record(out.stats[1])[:2] == pytest.approx((4.5, 2.5))
     assert out.gates == ["pass"]  # mean 0.64
 
 
@@ -366,7 +376,7 @@ def test_a_prompt_evicted_by_hand_mid_plan_stays_evicted() -> None:
 
 
 def evidence_ctx(stats: PromptStats, rewards: list[float]) -> EvidenceContext:
-    return EvidenceContext(Counters(step=stats.aux_step), 1, stats, rewards)
+    return EvidenceContext(Counters(step=record(stats)[2]), 1, stats, rewards)
 
 
 def test_evidence_with_failures_restores_an_evicted_prompt() -> None:
@@ -374,7 +384,7 @@ def test_evidence_with_failures_restores_an_evicted_prompt() -> None:
     out = pg().apply_evidence(evidence_ctx(evicted, [1.0] * 6 + [0.0] * 2))
     assert out.stats.status is Status.ACTIVE
     assert out.stats.last_outcome is Outcome.RESTORED_EVIDENCE
-    assert (out.stats.aux_a, out.stats.aux_b, out.stats.aux_step) == (38.5, 2.5, 0)
+    assert record(out.stats) == (38.5, 2.5, 0)
     assert out.counts == {"evidence_rewards": 8, "restored_evidence": 1}
     assert out.stats.rollouts == 0  # evaluations are not training rollouts
 
@@ -383,10 +393,10 @@ def test_confirming_evidence_keeps_the_eviction() -> None:
     evicted = seen(32, 0, status=Status.EVICT_PENDING)
     out = pg().apply_evidence(evidence_ctx(evicted, [1.0] * 8))
     assert out.stats.status is Status.EVICT_PENDING
-    assert out.stats.last_outcome is Outcome.EVIDENCE and out.stats.aux_a == 40.5
+    assert out.stats.last_outcome is Outcome.EVIDENCE and record(out.stats)[0] == 40.5
 
 
 def test_evidence_on_an_active_prompt_only_updates_its_posterior() -> None:
     stats = replace(seen(2, 2), status=Status.DEFERRED)
     out = pg().apply_evidence(evidence_ctx(stats, [0.0] * 4))
-    assert out.stats.status is Status.DEFERRED and out.stats.aux_b == 6.5
+    assert out.stats.status is Status.DEFERRED and record(out.stats)[1] == 6.5

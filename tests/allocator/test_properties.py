@@ -1,5 +1,6 @@
-"""Property tests: random configurations and reward patterns driven through the real store
-(real Redis), checking the invariants every strategy must keep."""
+"""Property tests through the real store (real Redis): random configurations and reward
+patterns, checking the invariants every strategy must keep. Few examples here: the same
+invariants run over thousands of protocols on the pure transition in test_protocol.py."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def evictions(cfg, plan: m.Plan, result: m.ResultsResponse, rewards: list) -> se
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

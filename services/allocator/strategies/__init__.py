@@ -1,20 +1,19 @@
-"""Allocation strategies. Every module in this package is imported on start-up, and each
-`Strategy` subclass registers itself by name: a new strategy is one new module here."""
+"""Allocation strategies, by name. A new strategy is one module here, its config in
+`services.allocator.configs`, and one entry in `STRATEGIES`."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from services.allocator.core import Strategy
+from services.allocator.strategies.dapo import DAPO
+from services.allocator.strategies.grpo import GRPO
+from services.allocator.strategies.pilot_commit import PilotCommit
+from services.allocator.strategies.posterior_gate import PosteriorGate
 
-from services.allocator.core import STRATEGIES, Strategy, StrategyConfig
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (GRPO, DAPO, PilotCommit, PosteriorGate)
+}
 
 
 def load_all() -> dict[str, type[Strategy]]:
-    """Import every strategy module and return the registry."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    """The registry (kept for callers of the former discovery)."""
     return STRATEGIES
-
-
-def config_models() -> list[type[StrategyConfig]]:
-    return [strategy.config_model for strategy in load_all().values()]

@@ -4,13 +4,9 @@ Informative groups beyond B in the last round are discarded (`surplus`), as in D
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
+from services.allocator.configs import DAPOConfig
 from services.allocator.core import (
     Counters,
-    FullGroupConfig,
     PlanContext,
     PlanItem,
     ResultContext,
@@ -24,18 +20,6 @@ from services.allocator.core import (
     take_candidates,
 )
 from services.allocator.records import Outcome, Status
-
-
-class DAPOConfig(FullGroupConfig):
-    """Dynamic sampling with zero-variance filtering."""
-
-    strategy: Literal["dapo"] = "dapo"
-    gen_batch_size: int | None = Field(
-        None, ge=1, le=65536, description="Prompts sampled per round; default train_batch_size."
-    )
-
-    def prompts_per_round(self) -> int:
-        return self.gen_batch_size or self.train_batch_size
 
 
 class DAPO(Strategy):

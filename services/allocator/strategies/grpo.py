@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
+from services.allocator.configs import GRPOConfig
 from services.allocator.core import (
-    FullGroupConfig,
     PlanContext,
     PlanItem,
     ResultContext,
@@ -19,12 +17,6 @@ from services.allocator.core import (
     take_candidates,
 )
 from services.allocator.records import Outcome, Status
-
-
-class GRPOConfig(FullGroupConfig):
-    """Plain group sampling: B prompts x G rollouts per step."""
-
-    strategy: Literal["grpo"] = "grpo"
 
 
 class GRPO(Strategy):

@@ -8,17 +8,15 @@ Each round plans, in one generation call ("one-step binding"):
 Piloted prompts are gated on p_hat: inside [p_lower, 1 - p_upper] they enter the buffer
 stamped with the step; above it they are skipped (and evicted at the epoch's end when
 p_hat >= exclude_threshold); below it they are deferred to later epochs. Buffer entries
-older than `buffer_max_off_steps` steps expire; the store clears the buffer at epoch end.
+older than `buffer_max_off_steps` steps expire; the protocol clears the buffer at epoch end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
 
-from pydantic import Field, model_validator
-
+from services.allocator.configs import EPS, PilotCommitConfig
 from services.allocator.core import (
     BufferEntry,
     Counters,
@@ -30,9 +28,10 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
     balanced_subset,
+    band_side,
+    expired_entries,
     observe,
     pick_from_buffer,
     summarize,
@@ -40,65 +39,15 @@ from services.allocator.core import (
 )
 from services.allocator.records import Outcome, PromptStats, Status
 
-_EPS = 1e-9
 
-
-class PilotCommitConfig(StrategyConfig):
-    """Pilot-Commit parameters; defaults follow the reference recipe."""
-
-    strategy: Literal["pilot_commit"] = "pilot_commit"
-    gen_batch_size: int | None = Field(
-        None, ge=1, le=65536, description="Prompts piloted per round; default train_batch_size."
-    )
-    n_pilot: int = Field(8, ge=1, le=4096, description="Rollouts per piloted prompt.")
-    n_commit: int = Field(8, ge=1, le=4096, description="Fresh rollouts per committed prompt.")
-    n_pilot_reuse: int | None = Field(
-        None,
-        ge=0,
-        le=4096,
-        description="Pilot rollouts reused in the train group (default: all n_pilot); a "
-        "subset as close to half right / half wrong as possible is kept.",
-    )
-    p_lower: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat >= p_lower.")
-    p_upper: float = Field(0.25, ge=0.0, le=1.0, description="Gate: p_hat <= 1 - p_upper.")
-    exclude_threshold: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Evict (at epoch end) when the pilot p_hat >= this; null disables eviction.",
-    )
-    buffer_max_off_steps: int = Field(
-        4, ge=0, le=1000, description="Steps a buffered prompt stays committable."
-    )
-    buffer_sampling: Literal["max_variance", "random"] = Field(
-        "max_variance", description="Which buffered prompts to commit first."
-    )
-
-    @model_validator(mode="after")
-    def _band_not_empty(self) -> PilotCommitConfig:
-        if self.p_lower > 1.0 - self.p_upper + _EPS:
-            raise ValueError(f"empty gate band: p_lower={self.p_lower} > 1 - p_upper")
-        if self.n_pilot_reuse is not None and self.n_pilot_reuse > self.n_pilot:
-            raise ValueError("n_pilot_reuse cannot exceed n_pilot")
-        return self
-
-    def pilots_per_round(self) -> int:
-        return self.gen_batch_size or self.train_batch_size
-
-    def reused(self) -> int:
-        return self.n_pilot if self.n_pilot_reuse is None else self.n_pilot_reuse
-
-    def group_size(self) -> int:
-        return self.reused() + self.n_commit
-
-
-def gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:
+def pilot_gate(config: PilotCommitConfig, group: GroupSummary) -> tuple[Outcome, Status]:
     """The gate on a pilot's pass rate: pass, too easy (maybe evict) or too hard."""
     p = group.pass_rate
-    if p < config.p_lower - _EPS:
+    side = band_side(p, config.p_lower, config.p_upper)
+    if side < 0:
         return Outcome.TOO_HARD, Status.DEFERRED
-    if p > 1.0 - config.p_upper + _EPS:
-        evict = config.exclude_threshold is not None and p >= config.exclude_threshold - _EPS
+    if side > 0:
+        evict = config.exclude_threshold is not None and p >= config.exclude_threshold - EPS
         return Outcome.TOO_EASY, Status.EVICT_PENDING if evict else Status.EASY
     return Outcome.PASS, Status.BUFFERED
 
@@ -134,7 +83,7 @@ class PilotCommit(Strategy):
                 continue
             seq += 1
             self._pilot(ctx, item, rewards, stats, seq, out)
-        out.counts["buffer_seq"] = seq - ctx.counters.buffer_seq
+        out.buffer_seq = seq
         return out
 
     def _commit(
@@ -174,7 +123,7 @@ class PilotCommit(Strategy):
         out: RoundOutcome,
     ) -> None:
         group = summarize(rewards, self.config.success_threshold)
-        outcome, status = gate(self.config, group)
+        outcome, status = pilot_gate(self.config, group)
         updated = replace(
             observe(stats, group, ctx.counters.step, status, outcome),
             pilot_pass_rate=group.pass_rate,
@@ -200,5 +149,4 @@ class PilotCommit(Strategy):
             out.evict_pending.append(item.prompt_id)
 
     def expire(self, step_done: int, buffer: Sequence[BufferEntry]) -> list[BufferEntry]:
-        next_step = step_done + 1
-        return [e for e in buffer if next_step - e.step > self.config.buffer_max_off_steps]
+        return expired_entries(buffer, step_done, self.config.buffer_max_off_steps)

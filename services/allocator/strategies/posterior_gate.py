@@ -4,7 +4,7 @@ or committed without a pilot, and when it is solved for good.
 Pilot-Commit pays a pilot for every prompt of every epoch and judges it on that pilot
 alone. Here every reward a prompt ever receives (pilot, commit, full group, external
 evidence) updates a Beta(alpha, beta) posterior over its pass rate p, kept in the
-prompt's statistics record (`aux_a`, `aux_b`, `aux_step`) and discounted by a half-life
+prompt's statistics record (its strategy bytes, `PosteriorRecord`) and discounted by a half-life
 in steps as the policy moves. With the gate band [L, U] = [p_lower, 1 - p_upper]:
 
 - P(p > U) >= skip_confidence: skipped, no rollouts (SKIPPED_CONFIDENT_EASY); likewise
@@ -20,9 +20,11 @@ in steps as the policy moves. With the gate band [L, U] = [p_lower, 1 - p_upper]
   lowers that probability below the threshold restores the prompt.
 
 Prompts piloted per round follow the need: enough that, at the observed pass-through
-rate (an EWMA kept in the run's state hash), the buffer holds this step's missing groups
+rate (an EWMA, the run's `GateRunState`), the buffer holds this step's missing groups
 plus `lookahead_steps` steps' worth, so few buffer entries expire.
-docs/strategies.md gives the formulas and defaults.
+The Beta maths is in `beta`, the decision rules and the typed state in `posterior_rules`;
+this module walks a plan's window (`_RoundBuilder`) and is the strategy. docs/strategies.md
+gives the formulas and defaults.
 """
 
 from __future__ import annotations
@@ -30,11 +32,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
-from typing import Literal
 
-from pydantic import Field, model_validator
-
+from services.allocator.configs import PosteriorGateConfig
 from services.allocator.core import (
     BufferEntry,
     Candidate,
@@ -48,284 +47,31 @@ from services.allocator.core import (
     RoundOutcome,
     RoundPlan,
     Strategy,
-    StrategyConfig,
     TrainGroup,
+    expired_entries,
     observe,
     summarize,
 )
 from services.allocator.records import Outcome, PromptStats, Status
-
-_EPS = 1e-9
-EWMA_KEY = "pass_through_ewma_ppm"  # run state hash: pass-through rate x 1e6
-_PASS_RATE_FLOOR = 0.01
-
-
-class PosteriorGateConfig(StrategyConfig):
-    """Beta-posterior gating; defaults suit G = 32 (tiny task) and scale with G."""
-
-    strategy: Literal["posterior_gate"] = "posterior_gate"
-    max_rounds: int = Field(
-        50, ge=1, le=1000, description="Generation rounds per step before the step fails loudly."
-    )
-    n: int = Field(32, ge=2, le=4096, description="Rollouts per train group (G).")
-    n_pilot: int = Field(
-        4, ge=1, le=4096, description="Pilot rollouts for a prompt with no evidence yet."
-    )
-    n_pilot_min: int = Field(
-        2, ge=1, le=4096, description="Smallest pilot (for a prompt already rich in evidence)."
-    )
-    p_lower: float = Field(0.125, ge=0.0, le=1.0, description="Band: p >= p_lower.")
-    p_upper: float = Field(0.25, ge=0.0, le=1.0, description="Band: p <= 1 - p_upper.")
-    prior_alpha: float = Field(
-        0.5, gt=0.0, le=1000.0, description="Beta prior: successes (default: Jeffreys)."
-    )
-    prior_beta: float = Field(0.5, gt=0.0, le=1000.0, description="Beta prior: failures.")
-    half_life_steps: float = Field(
-        500.0, gt=0.0, le=1e9, description="Steps after which a reward weighs half as evidence."
-    )
-    skip_confidence: float = Field(
-        0.8, gt=0.5, lt=1.0, description="Skip when P(p below / above the band) >= this."
-    )
-    direct_confidence: float | None = Field(
-        0.8,
-        gt=0.5,
-        le=1.0,
-        description="Commit a full group without a pilot when P(p in band) >= this; "
-        "null disables direct commits.",
-    )
-    recheck_rate: float = Field(
-        0.1, ge=0.0, le=1.0, description="Share of confident skips piloted anyway."
-    )
-    evict_pass_rate: float | None = Field(
-        0.9, gt=0.0, le=1.0, description="'Solved' means p >= this; null disables eviction."
-    )
-    evict_confidence: float = Field(
-        0.95, gt=0.5, lt=1.0, description="Evict when P(p >= evict_pass_rate) >= this."
-    )
-    evict_min_evidence: float = Field(
-        16.0, ge=0.0, le=1e9, description="Rollouts of (discounted) evidence needed to evict."
-    )
-    buffer_max_off_steps: int = Field(
-        4, ge=0, le=1000, description="Steps a buffered prompt stays committable."
-    )
-    lookahead_steps: float = Field(
-        1.0, ge=0.0, le=100.0, description="Steps of future commits the buffer is filled for."
-    )
-    pass_rate_init: float = Field(
-        0.5, gt=0.0, le=1.0, description="Pass-through rate assumed before any pilot."
-    )
-    pass_rate_smoothing: float = Field(
-        0.02, gt=0.0, le=1.0, description="EWMA weight of one pilot in the pass-through rate."
-    )
-    max_pilots_per_round: int | None = Field(
-        None, ge=1, le=1 << 20, description="Cap on pilots per round; default 4 x B."
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PosteriorGateConfig:
-        if self.p_lower > 1.0 - self.p_upper + _EPS:
-            raise ValueError(f"empty gate band: p_lower={self.p_lower} > 1 - p_upper")
-        if not self.n_pilot_min <= self.n_pilot < self.n:
-            raise ValueError("need n_pilot_min <= n_pilot < n")
-        return self
-
-    def group_size(self) -> int:
-        return self.n
-
-    def max_pilots(self) -> int:
-        return self.max_pilots_per_round or 4 * self.train_batch_size
-
-    def round_budget(self, committed: int) -> int:
-        """Most rollouts one round may ask for: every pilot at full size, every missing
-        train group a whole fresh group."""
-        need = self.train_batch_size - committed
-        return self.max_pilots() * self.n_pilot + max(need, 0) * self.n
-
-
-# ---- the posterior (pure math) ----
-
-
-@dataclass(frozen=True)
-class Posterior:
-    alpha: float
-    beta: float
-
-    @property
-    def mean(self) -> float:
-        return self.alpha / (self.alpha + self.beta)
-
-    @property
-    def signal(self) -> float:
-        """E[p(1-p)]: the expected reward variance of one rollout."""
-        total = self.alpha + self.beta
-        return self.alpha * self.beta / (total * (total + 1.0))
-
-    def cdf(self, x: float) -> float:
-        return beta_cdf(x, self.alpha, self.beta)
-
-    def updated(self, successes: int, failures: int) -> Posterior:
-        return Posterior(self.alpha + successes, self.beta + failures)
-
-
-def beta_cdf(x: float, a: float, b: float) -> float:
-    """Regularized incomplete beta I_x(a, b) (continued fraction, Numerical Recipes 6.4)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-        + b * math.log1p(-x)
-    )  # fmt: skip
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_fraction(x, a, b) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(1.0 - x, b, a) / b
-
-
-def _beta_fraction(x: float, a: float, b: float) -> float:
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-12:
-            break
-    return h
-
-
-def prior(cfg: PosteriorGateConfig) -> Posterior:
-    return Posterior(cfg.prior_alpha, cfg.prior_beta)
-
-
-def evidence(cfg: PosteriorGateConfig, post: Posterior) -> float:
-    """Rollouts' worth of (discounted) evidence beyond the prior."""
-    return post.alpha + post.beta - cfg.prior_alpha - cfg.prior_beta
-
-
-def posterior_at(cfg: PosteriorGateConfig, stats: PromptStats, step: int) -> Posterior:
-    """The prompt's posterior discounted to `step`: evidence from k steps back weighs
-    0.5 ** (k / half_life_steps). A manual restore forgets the evidence that evicted it."""
-    if stats.aux_step < 0 or stats.last_outcome is Outcome.RESTORED:
-        return prior(cfg)
-    weight = 0.5 ** (max(step - stats.aux_step, 0) / cfg.half_life_steps)
-    return Posterior(
-        cfg.prior_alpha + max(stats.aux_a - cfg.prior_alpha, 0.0) * weight,
-        cfg.prior_beta + max(stats.aux_b - cfg.prior_beta, 0.0) * weight,
-    )
-
-
-def with_posterior(stats: PromptStats, post: Posterior, step: int) -> PromptStats:
-    return replace(stats, aux_a=post.alpha, aux_b=post.beta, aux_step=step)
-
-
-def fold(post: Posterior, rewards: Sequence[float], success_threshold: float) -> Posterior:
-    successes = sum(1 for r in rewards if r >= success_threshold)
-    return post.updated(successes, len(rewards) - successes)
-
-
-class Verdict(Enum):
-    SKIP_EASY = "skip_easy"
-    SKIP_HARD = "skip_hard"
-    DIRECT = "direct"
-    PILOT = "pilot"
-
-
-def judge(cfg: PosteriorGateConfig, post: Posterior) -> Verdict:
-    """What a candidate's posterior says before any rollout is spent on it."""
-    below = post.cdf(cfg.p_lower)
-    above = 1.0 - post.cdf(1.0 - cfg.p_upper)
-    if above >= cfg.skip_confidence:
-        return Verdict.SKIP_EASY
-    if below >= cfg.skip_confidence:
-        return Verdict.SKIP_HARD
-    direct = cfg.direct_confidence
-    if direct is not None and 1.0 - below - above >= direct - _EPS:
-        return Verdict.DIRECT
-    return Verdict.PILOT
-
-
-def pilot_size(cfg: PosteriorGateConfig, post: Posterior) -> int:
-    """Top the evidence up to `n_pilot` rollouts, but pilot at least `n_pilot_min`."""
-    missing = math.ceil(cfg.n_pilot - evidence(cfg, post) - _EPS)
-    return min(cfg.n_pilot, max(cfg.n_pilot_min, missing))
-
-
-def solved_probability(cfg: PosteriorGateConfig, post: Posterior) -> float:
-    if cfg.evict_pass_rate is None:
-        return 0.0
-    return 1.0 - post.cdf(cfg.evict_pass_rate)
-
-
-def is_solved(cfg: PosteriorGateConfig, post: Posterior) -> bool:
-    """Confidently solved, on enough evidence: never on one small pilot."""
-    return (
-        cfg.evict_pass_rate is not None
-        and evidence(cfg, post) >= cfg.evict_min_evidence - _EPS
-        and solved_probability(cfg, post) >= cfg.evict_confidence
-    )
-
-
-def gate(cfg: PosteriorGateConfig, post: Posterior) -> tuple[Outcome, Status]:
-    """The gate after a pilot, on the posterior mean (all evidence, not the pilot alone)."""
-    if post.mean < cfg.p_lower - _EPS:
-        return Outcome.TOO_HARD, Status.DEFERRED
-    if post.mean > 1.0 - cfg.p_upper + _EPS:
-        if is_solved(cfg, post):
-            return Outcome.EVICTED_POSTERIOR, Status.EVICT_PENDING
-        return Outcome.TOO_EASY, Status.EASY
-    return Outcome.PASS, Status.BUFFERED
-
-
-def pilot_quota(cfg: PosteriorGateConfig, open_slots: int, buffer_left: int, rate: float) -> int:
-    """Prompts to pilot so that the expected passes cover this step's open slots plus
-    `lookahead_steps` steps of commits, beyond what the buffer already holds."""
-    demand = open_slots + cfg.lookahead_steps * cfg.train_batch_size - buffer_left
-    if demand <= 0:
-        return 0
-    return min(cfg.max_pilots(), math.ceil(demand / max(rate, _PASS_RATE_FLOOR) - _EPS))
-
-
-def pass_rate(cfg: PosteriorGateConfig, counters: Counters) -> float:
-    ppm = counters.totals.get(EWMA_KEY)
-    return cfg.pass_rate_init if ppm is None else ppm / 1e6
-
-
-def updated_pass_rate(cfg: PosteriorGateConfig, rate: float, pilots: int, passes: int) -> float:
-    """EWMA with weight `pass_rate_smoothing` per pilot, folded in one round at a time."""
-    keep = (1.0 - cfg.pass_rate_smoothing) ** pilots
-    new = keep * rate + (1.0 - keep) * passes / pilots
-    return min(1.0, max(_PASS_RATE_FLOOR, new))
-
-
-def recheck_draw(seed: int, epoch: int, prompt_id: int) -> float:
-    """A uniform draw fixed by (seed, epoch, prompt): whether this encounter is a recheck."""
-    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + prompt_id) & (2**64 - 1)
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-        x = ((x ^ (x >> shift)) * mult) & (2**64 - 1)
-    return ((x ^ (x >> 31)) >> 11) / float(1 << 53)
-
-
-def pick_commits(
-    buffer: Sequence[BufferEntry], count: int, step: int, max_off: int
-) -> list[BufferEntry]:
-    """Buffered prompts to commit: those on their last committable step first, then the
-    highest expected reward std, then the most recent."""
-    if count <= 0:
-        return []
-    ranked = sorted(
-        buffer, key=lambda e: (step - e.step >= max_off, e.std, e.step, e.seq), reverse=True
-    )
-    return ranked[:count]
-
+from services.allocator.strategies.beta import Posterior
+from services.allocator.strategies.posterior_rules import (
+    GateRunState,
+    PosteriorRecord,
+    PriorCall,
+    call_before_rollouts,
+    fold,
+    is_solved,
+    pass_rate,
+    pick_commits,
+    pilot_quota,
+    pilot_size,
+    posterior_at,
+    posterior_pilot_gate,
+    recheck_draw,
+    solved_probability,
+    updated_pass_rate,
+    with_posterior,
+)
 
 # ---- the strategy ----
 
@@ -365,15 +111,15 @@ class _RoundBuilder:
         """Decide about one candidate; False when it must wait for a later round."""
         counters = self.ctx.counters
         post = posterior_at(self.cfg, cand.stats, counters.step)
-        verdict = judge(self.cfg, post)
-        confident = verdict in (Verdict.SKIP_EASY, Verdict.SKIP_HARD)
+        verdict = call_before_rollouts(self.cfg, post)
+        confident = verdict in (PriorCall.SKIP_EASY, PriorCall.SKIP_HARD)
         recheck = (
             recheck_draw(self.ctx.seed, counters.epoch, cand.prompt_id) < self.cfg.recheck_rate
         )
         if confident and not recheck:
             self.skip(cand, post, verdict)
             return True
-        if verdict is Verdict.DIRECT and self.open_slots > 0:
+        if verdict is PriorCall.DIRECT and self.open_slots > 0:
             self.items.append(PlanItem(cand.prompt_id, Role.FULL, self.cfg.n))
             self.open_slots -= 1
             return True
@@ -385,8 +131,8 @@ class _RoundBuilder:
         self.pilots += 1
         return True
 
-    def skip(self, cand: Candidate, post: Posterior, verdict: Verdict) -> None:
-        easy = verdict is Verdict.SKIP_EASY
+    def skip(self, cand: Candidate, post: Posterior, verdict: PriorCall) -> None:
+        easy = verdict is PriorCall.SKIP_EASY
         outcome = Outcome.SKIPPED_CONFIDENT_EASY if easy else Outcome.SKIPPED_CONFIDENT_HARD
         status = Status.EASY if easy else Status.DEFERRED
         if cand.stats.status is Status.EVICT_PENDING:
@@ -414,6 +160,18 @@ class PosteriorGate(Strategy):
     name = "posterior_gate"
     config_model = PosteriorGateConfig
     config: PosteriorGateConfig
+    run_state_fields = frozenset({GateRunState.FIELD})
+    eviction_outcomes = frozenset({Outcome.EVICTED_POSTERIOR})
+
+    def describe_prompt_state(self, stats: PromptStats) -> dict[str, float]:
+        record = PosteriorRecord.decode(stats.strategy_state)
+        if record is None:
+            return {}
+        return {"a": record.alpha, "b": record.beta, "step": float(record.step)}
+
+    def describe_run_state(self, counters: Counters) -> dict[str, float]:
+        rate = GateRunState.decode(counters.strategy_state).pass_rate
+        return {} if rate is None else {"pass_through_rate": rate}
 
     def window_size(self, counters: Counters) -> int:
         return self.config.max_pilots() + self.config.train_batch_size + 8
@@ -466,11 +224,11 @@ class PosteriorGate(Strategy):
                 passes += self._pilot(ctx, item, rewards, seq, out)
             else:
                 self._trained(ctx, item, rewards, out)
-        out.counts["buffer_seq"] = seq - ctx.counters.buffer_seq
+        out.buffer_seq = seq
         if pilots:
             old = pass_rate(self.config, ctx.counters)
             new = updated_pass_rate(self.config, old, pilots, passes)
-            out.counts[EWMA_KEY] = round(new * 1e6) - ctx.counters.totals.get(EWMA_KEY, 0)
+            out.run_state = GateRunState(new).encode()
         return out
 
     def _pilot(
@@ -485,7 +243,7 @@ class PosteriorGate(Strategy):
         cfg, step = self.config, ctx.counters.step
         stats = ctx.stats[item.prompt_id]
         post = fold(posterior_at(cfg, stats, step), rewards, cfg.success_threshold)
-        outcome, status = gate(cfg, post)
+        outcome, status = posterior_pilot_gate(cfg, post)
         group = summarize(rewards, cfg.success_threshold)
         updated = replace(
             with_posterior(observe(stats, group, step, status, outcome), post, step),
@@ -535,8 +293,7 @@ class PosteriorGate(Strategy):
             _bump(out, "groups_trained_zero_variance")
 
     def expire(self, step_done: int, buffer: Sequence[BufferEntry]) -> list[BufferEntry]:
-        next_step = step_done + 1
-        return [e for e in buffer if next_step - e.step > self.config.buffer_max_off_steps]
+        return expired_entries(buffer, step_done, self.config.buffer_max_off_steps)
 
     def apply_evidence(self, ctx: EvidenceContext) -> EvidenceOutcome:
         """Fold the rewards into the posterior. An evicted (or evict-pending) prompt is
