@@ -260,10 +260,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--agreement", action="store_true",
                         help="compare verdicts with math-verify on the test tables")  # fmt: skip
     parser.add_argument("--suite", type=Path,
-                        help="with --agreement: a JSONL suite (suite.py)")  # fmt: skip
+                        help="with --agreement: a JSONL suite (verifier_suite.py)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.agreement and args.suite:
-        from services.verifier.suite import run_suite
+        from pilot_commit.bench.verifier_suite import run_suite
 
         return run_suite(args.suite, args.json)
     if args.agreement:

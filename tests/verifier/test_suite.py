@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pilot_commit.bench.verifier_suite import SuiteCase, judge_suite, load_suite, suite_report
 from services.verifier.agreement import UNDECIDED
-from services.verifier.suite import SuiteCase, judge_suite, load_suite, suite_report
 
 
 def _write(path: Path, rows: list[object]) -> Path:
