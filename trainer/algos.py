@@ -1,4 +1,5 @@
-"""Advantages and the policy loss, as small pure functions over tensors.
+"""Advantages and the policy loss, as small pure functions over tensors, and the
+evaluation's accuracy with its clustered standard error.
 
 The loss is GRPO/DAPO's clipped surrogate with a token-level mean (every completion token
 of the mini-batch weighs the same, however long its sequence), clip-higher (separate
@@ -10,6 +11,7 @@ which differ from the trainer's because the two run different kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,3 +109,25 @@ def lr_factor(
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def clustered_mean_stderr(correct: Sequence[Sequence[bool]]) -> tuple[float, float]:
+    """Accuracy and its standard error over prompts, each with one or more answers.
+
+    The accuracy is the mean over prompts of each prompt's share of right answers; the
+    standard error is the sample standard deviation (ddof 1) of those per-prompt shares
+    over sqrt(number of prompts). Answers to one prompt are correlated, so this clustered
+    error is the right one with several answers per prompt; with one answer each it
+    equals the binomial sqrt(p (1 - p) / (n - 1)). Both are in [0, 1]; the error is NaN
+    with fewer than two prompts. Raises ValueError when `correct` or a prompt's list is
+    empty.
+    """
+    if not correct or any(len(answers) == 0 for answers in correct):
+        raise ValueError("every prompt needs at least one answer")
+    shares = [sum(answers) / len(answers) for answers in correct]
+    n = len(shares)
+    mean = sum(shares) / n
+    if n < 2:
+        return mean, math.nan
+    variance = sum((x - mean) ** 2 for x in shares) / (n - 1)
+    return mean, math.sqrt(variance / n)

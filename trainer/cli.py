@@ -21,14 +21,13 @@ import torch
 from rich.console import Console
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from services.allocator import models as am
 from services.allocator.client import AllocatorClient
 from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
 from services.generation.client import GenerationClient
 from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
-from trainer import run_checkpoint
+from trainer import loop
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
 from trainer.generation.weight_sync import build_weight_sync
@@ -171,40 +170,9 @@ async def clients(
                 await client.aclose()
 
 
-async def prepare_run(trainer: Trainer, config: TrainerConfig, output: Path) -> None:
-    """Create the allocator run, or put it back in the checkpoint's state on resume."""
-    alloc = trainer.services.allocator
-    checkpoint = run_checkpoint.latest(output)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        snapshot = am.Snapshot.model_validate_json((checkpoint / "allocator.json").read_text())
-        await alloc.restore_snapshot(trainer.run_id, snapshot)
-        trainer.log.note(f"resumed from {checkpoint} at step {trainer.step}")
-        return
-    spec = am.RunSpec(
-        num_prompts=len(trainer.data.answers), seed=config.run.seed, config=config.allocation
-    )
-    created = await alloc.create_run(trainer.run_id, spec)
-    if not created.created and created.run.step > 0:
-        raise SystemExit(
-            f"allocator run {trainer.run_id!r} already has {created.run.step} steps "
-            "and this output has no checkpoint; use another run id or output"
-        )
-
-
-async def save_checkpoint(trainer: Trainer, output: Path) -> Path:
-    """Save the trainer and its allocator snapshot as `output/checkpoint-<step>/` and point
-    `output/checkpoint` at it; crash-safe (trainer/run_checkpoint.py). Returns the directory."""
-    snapshot = await trainer.services.allocator.snapshot(trainer.run_id)
-
-    def write(directory: Path) -> None:
-        trainer.checkpoint(directory)
-        (directory / "allocator.json").write_text(snapshot.model_dump_json())
-
-    return run_checkpoint.save(output, trainer.step, write)
-
-
 async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: Logbook) -> None:
+    """Build the run's parts (data, policy, service clients) and run the loop
+    (trainer/loop.py: `run`)."""
     assert config.model.path and config.data.train_path and config.data.test_path
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
@@ -220,41 +188,8 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
     )
     run_id = config.run.run_id or output.resolve().name
     async with clients(config, urls, output, data) as services:
-        trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook)
-        await prepare_run(trainer, config, output)
-        # The servers may hold another run's weights (a shared stack) or a restarted
-        # server's initial ones: start from ours.
-        await trainer.push_weights()
-        if trainer.step == 0:
-            with logbook.phase("evaluate step 0"):
-                row = await trainer.evaluate()
-            logbook.write(row)
-        while not finished(trainer, config):
-            before = trainer.tally.rollouts_total
-            logbook.write(await trainer.train_step())
-            last = finished(trainer, config)
-            if last or eval_due(config, trainer.step, before, trainer.tally.rollouts_total):
-                with logbook.phase(f"evaluate step {trainer.step}"):
-                    row = await trainer.evaluate()
-                logbook.write(row)
-            ckpt = config.run.checkpoint_every
-            if last or (ckpt and trainer.step % ckpt == 0):
-                with logbook.phase(f"checkpoint step {trainer.step}"):
-                    await save_checkpoint(trainer, output)
-
-
-def finished(trainer: Trainer, config: TrainerConfig) -> bool:
-    cap = config.run.max_rollouts
-    return trainer.step >= config.run.steps or (
-        cap is not None and trainer.tally.rollouts_total >= cap
-    )
-
-
-def eval_due(config: TrainerConfig, step: int, rollouts_before: int, rollouts_now: int) -> bool:
-    every, per = config.eval.every, config.eval.every_rollouts
-    by_step = every > 0 and step % every == 0
-    by_rollouts = per > 0 and rollouts_now // per > rollouts_before // per
-    return by_step or by_rollouts
+        trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook, output)
+        await loop.run(trainer)
 
 
 def main(argv: list[str]) -> int:

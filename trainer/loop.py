@@ -1,34 +1,32 @@
 """The RL loop. It executes the allocator's plans and knows no strategy by name.
 
-Per optimiser step:
+Per optimiser step (`train_steps`, one loop that reads top to bottom):
 1. plan: ask the allocator for a round (pilot, commit and full items under one plan id);
 2. generate: send every item of the round to the generation servers in one batch
    (one-step binding), with a per-round seed so a resumed run samples the same tokens;
 3. score: the verifier turns each completion into a reward;
-4. report: the allocator gates pilots, and answers which groups join the train batch;
-   pilot rollouts of prompts that entered the buffer are kept here until committed,
-   expired or flushed (the allocator knows rewards only, never tokens);
+4. report: the allocator gates pilots and answers which groups join the train batch;
+   the pilot rollouts of prompts that entered its buffer go to the rollout store
+   (trainer/rollouts.py) until the allocator releases them (the allocator knows rewards
+   only, never tokens);
 5. repeat 1-4 until the batch is complete; then train on the groups (stored pilot
    rollouts + fresh commit rollouts, or full groups): group advantages
    (r - mean) / (std + eps) and the clipped token-level policy loss (trainer.algos);
-6. complete the step at the allocator, push the new weights to every generation server,
-   log, evaluate every k steps, checkpoint.
+6. complete the step at the allocator (the store must then equal its buffer), push the
+   new weights to every generation server and check they landed, log the train row,
+   evaluate when due, checkpoint when due (trainer/run_checkpoint.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import math
-import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
@@ -41,11 +39,14 @@ from services.generation.client import (
 )
 from services.verifier.client import VerifierClient
 from services.verifier.models import ScoreItem
+from trainer import run_checkpoint
+from trainer.algos import clustered_mean_stderr
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, LandingReport
 from trainer.generation.weight_sync import WeightSync
 from trainer.logbook import Logbook
 from trainer.policy import Policy, Rollout
+from trainer.rollouts import RolloutStore
 
 
 @dataclass
@@ -66,30 +67,39 @@ class Services:
 
 
 @dataclass
-class Tally:
-    """Cumulative rollout counts, checkpointed with the run."""
+class AllocatorCounts:
+    """Cumulative counts the allocator keeps for the run (its summary's `counters`); the
+    trainer reads them after each step instead of counting the same things again."""
 
-    rollouts_total: int = 0
     rollouts_pilot: int = 0
     rollouts_commit: int = 0
     rollouts_full: int = 0
-    rollouts_zero_variance: int = 0
     groups_trained: int = 0
+
+    @property
+    def rollouts_total(self) -> int:
+        return self.rollouts_pilot + self.rollouts_commit + self.rollouts_full
 
 
 @dataclass
-class StepResult:
-    groups: list[list[Rollout]]
-    rounds: int
-    phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+class TrainerCounts:
+    """Cumulative counts the allocator does not keep, checkpointed with the run.
 
+    rollouts_zero_variance: rollouts spent on groups whose rewards were all equal (a
+    pilot or full group, or the fresh rollouts of a commit whose whole train group was);
+    the allocator counts zero-variance trained groups, not rollouts. stale_repushes:
+    pushes made because a generation server answered with old weights; only the trainer
+    sees weight versions.
+    """
 
-def round_seed(seed: int, step: int, round_: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{step}:{round_}".encode(), digest_size=6).digest()
-    return int.from_bytes(digest, "little")
+    rollouts_zero_variance: int = 0
+    stale_repushes: int = 0
 
 
 class Trainer:
+    """One run's parts (config, policy, data, service clients, logbook, output folder)
+    and its state; the module's functions drive it."""
+
     def __init__(
         self,
         config: TrainerConfig,
@@ -99,298 +109,361 @@ class Trainer:
         eval_data: Dataset,
         services: Services,
         logbook: Logbook,
+        output: Path,
     ) -> None:
         self.cfg, self.run_id, self.policy = config, run_id, policy
         self.data, self.eval_data, self.services, self.log = data, eval_data, services, logbook
-        self.pilots: dict[int, list[Rollout]] = {}  # buffered prompts' pilot rollouts
-        self.tally = Tally()
+        self.output = output
+        self.pilots = RolloutStore()  # pilot rollouts of the allocator's buffered prompts
+        self.counts = TrainerCounts()
+        self.allocator_counts = AllocatorCounts()
         self.step = 0
         self.weight_version = 0
-        self.stale_repushes = 0  # pushes made because a server answered with old weights
         self.wall_s = 0.0
 
-    # ---- one round ----
 
-    def _requests(self, plan: am.Plan) -> list[GenerationRequest]:
-        s = self.cfg.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=round_seed(self.cfg.run.seed, plan.step, plan.round),
-            stop=tuple(s.stop),
-        )
-        return [
-            GenerationRequest(self.data.prompt_tokens[i.prompt_id], i.n, params) for i in plan.items
-        ]
-
-    async def _generate(self, requests: list[GenerationRequest]) -> list[Completion]:
-        """Generate; if a server answered with stale weights (it restarted), push and redo.
-
-        A server that labels its answers (the embedded one) is checked answer by answer;
-        one that does not (vLLM) is asked for its `/weight_info` once the batch is back:
-        a server that restarted during the call reports its initial version there.
-        """
-        for _ in range(3):
-            completions = await self.services.generation.generate(requests)
-            expected = str(self.weight_version)
-            stale = {c.base_url for c in completions if c.weight_version not in (None, expected)}
-            if any(c.weight_version is None for c in completions):
-                versions = await self.services.generation.weight_versions()
-                stale |= {url for url, v in versions.items() if v != expected}
-            if not stale:
-                return completions
-            self.log.note(
-                f"stale weights on {sorted(stale)}; pushing version {self.weight_version + 1}"
-            )
-            self.stale_repushes += 1
-            await self.push_weights()
-        raise RuntimeError("generation servers keep answering with stale weights")
-
-    async def _score(self, plan: am.Plan, completions: list[Completion]) -> list[list[float]]:
-        task = self.cfg.data.task
-        items = [
-            ScoreItem(response=s.text, reference=self.data.answers[item.prompt_id], task=task)
-            for item, completion in zip(plan.items, completions, strict=True)
-            for s in completion.samples
-        ]
-        results = await self.services.verifier.score(items)
-        rewards, cursor = [], 0
-        for item in plan.items:
-            rewards.append([r.reward for r in results[cursor : cursor + item.n]])
-            cursor += item.n
-        return rewards
-
-    def _collect(
-        self,
-        plan: am.Plan,
-        completions: list[Completion],
-        rewards: list[list[float]],
-        result: am.ResultsResponse,
-    ) -> list[list[Rollout]]:
-        """Keep buffered pilots; assemble this round's train groups; count rollouts."""
-        fresh: dict[int, list[Rollout]] = {}
-        for item, completion, group in zip(plan.items, completions, rewards, strict=True):
-            prompt = self.data.prompt_tokens[item.prompt_id]
-            fresh[item.prompt_id] = [
-                Rollout(prompt, s.token_ids, s.logprobs, r)
-                for s, r in zip(completion.samples, group, strict=True)
-            ]
-            setattr(
-                self.tally,
-                f"rollouts_{item.role.value}",
-                getattr(self.tally, f"rollouts_{item.role.value}") + item.n,
-            )
-            if item.role != "commit" and rewards_constant(group):
-                self.tally.rollouts_zero_variance += item.n
-        self.tally.rollouts_total += plan.rollouts
-        for prompt_id in result.buffered:
-            self.pilots[prompt_id] = fresh[prompt_id]
-        groups = []
-        for train in result.train:
-            rollouts = fresh[train.prompt_id]
-            if train.role == "commit":
-                stored = self.pilots.pop(train.prompt_id)
-                rollouts = [stored[i] for i in train.reuse] + rollouts
-                if rewards_constant([r.reward for r in rollouts]):
-                    self.tally.rollouts_zero_variance += len(fresh[train.prompt_id])
-            groups.append(rollouts)
-        return groups
-
-    def _release(self, done: am.StepCompleteResponse) -> None:
-        """Drop the stored pilot rollouts of every prompt that is no longer in the
-        allocator's buffer at the end of a step, whatever took it out: expiry, or a call
-        the trainer never saw (a manual eviction, an external epoch end). Afterwards the
-        stored prompts are exactly the allocator's buffer."""
-        if done.buffer is None:  # an older allocator: only what expired is known
-            for prompt_id in done.expired:
-                self.pilots.pop(prompt_id, None)
-            return
-        keep = set(done.buffer)
-        for prompt_id in [p for p in self.pilots if p not in keep]:
-            del self.pilots[prompt_id]
-
-    # ---- one step ----
-
-    async def collect_batch(self) -> StepResult:
-        alloc = self.services.allocator
-        out = StepResult(groups=[], rounds=0)
-        while True:
-            t = time.perf_counter()
-            plan = await alloc.plan(
-                self.run_id, request_id=f"{self.run_id}:{self.step}:{out.rounds}"
-            )
-            for prompt_id in plan.dropped_from_buffer:
-                self.pilots.pop(prompt_id, None)
-            out.phase_s["allocate"] += time.perf_counter() - t
-            t = time.perf_counter()
-            completions = await self._generate(self._requests(plan))
-            out.phase_s["generate"] += time.perf_counter() - t
-            t = time.perf_counter()
-            rewards = await self._score(plan, completions)
-            out.phase_s["score"] += time.perf_counter() - t
-            t = time.perf_counter()
-            result = await alloc.report(self.run_id, plan.plan_id, rewards)
-            out.phase_s["allocate"] += time.perf_counter() - t
-            out.groups += self._collect(plan, completions, rewards, result)
-            out.rounds += 1
-            if result.batch_complete:
-                return out
-
-    async def train_step(self) -> dict[str, Any]:
-        start = time.perf_counter()
-        batch = await self.collect_batch()
-        t = time.perf_counter()
-        rollouts = [r for g in batch.groups for r in g]
-        mismatch = self.policy.mismatch(rollouts) if self.cfg.optim.tis_cap else None
-        losses = self.policy.train_step(batch.groups)
-        batch.phase_s["train"] += time.perf_counter() - t
-        t = time.perf_counter()
-        done = await self.services.allocator.complete_step(self.run_id, self.step)
-        self._release(done)
-        batch.phase_s["allocate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        landing = await self.push_weights()
-        batch.phase_s["sync"] += time.perf_counter() - t
-        self.tally.groups_trained += len(batch.groups)
-        self.step += 1
-        elapsed = time.perf_counter() - start
-        self.wall_s += elapsed
-        rewards = [r.reward for r in rollouts]
-        row: dict[str, Any] = {
-            "kind": "train",
-            "step": self.step,
-            **self.tally.__dict__,
-            "train_reward_mean": sum(rewards) / len(rewards),
-            "rounds": batch.rounds,
-            "buffer_size": len(self.pilots),
-            "stale_repushes": self.stale_repushes,
-            "wall_s": self.wall_s,
-            "step_s": elapsed,
-            **{f"time_{k}_s": v for k, v in batch.phase_s.items()},
-            **losses,
-        }
-        if mismatch is not None:
-            row["logprob_mismatch"] = mismatch
-        if landing:
-            row["landing_max_abs"] = max(r.max_abs for r in landing)
-        return row
-
-    async def push_weights(self) -> list[LandingReport]:
-        """Push the policy to every server as the next version, then check it landed.
-
-        Raises WeightLandingError (step, server, largest difference) when a server's
-        logprobs disagree with the pushed weights: no rollout is drawn from them.
-        """
-        self.weight_version += 1
-        await self.services.weights.push(self.policy.model, self.weight_version)
-        if self.services.landing is None:
-            return []
-        urls = self.services.generation.base_urls
-        return await self.services.landing.check(
-            self.policy.model, urls, self.weight_version, self.step
-        )
-
-    # ---- evaluation ----
-
-    async def evaluate(self) -> dict[str, Any]:
-        """Accuracy of answers sampled at temperature 1.0 (and greedy) on held-out prompts."""
-        cfg = self.cfg
-        count = min(cfg.eval.prompts, len(self.eval_data.answers))
-        sampled, stderr = clustered_mean_stderr(
-            await self._eval_correct(count, cfg.eval.samples, 1.0)
-        )
-        row: dict[str, Any] = {
-            "kind": "eval",
-            "step": self.step,
-            "eval_accuracy": sampled,
-            "eval_prompts": count,
-            "eval_samples": cfg.eval.samples,
-            "rollouts_total": self.tally.rollouts_total,
-            "wall_s": self.wall_s,
-        }
-        row["eval_accuracy_stderr"] = stderr
-        if cfg.eval.greedy:
-            greedy, _ = clustered_mean_stderr(await self._eval_correct(count, 1, 0.0))
-            row["eval_accuracy_greedy"] = greedy
-        return row
-
-    async def _eval_correct(self, count: int, samples: int, temperature: float) -> list[list[bool]]:
-        """Whether each answer was right: `samples` answers for each of the first `count`
-        held-out prompts, grouped by prompt."""
-        s = self.cfg.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=temperature,
-            top_p=1.0,
-            seed=round_seed(self.cfg.run.seed, -1, self.step),
-            stop=tuple(s.stop),
-        )
-        requests = [
-            GenerationRequest(self.eval_data.prompt_tokens[i], samples, params)
-            for i in range(count)
-        ]
-        completions = await self._generate(requests)
-        items = [
-            ScoreItem(
-                response=smp.text, reference=self.eval_data.answers[i], task=self.cfg.data.task
-            )
-            for i, c in enumerate(completions)
-            for smp in c.samples
-        ]
-        results = await self.services.verifier.score(items)
-        correct = [r.correct for r in results]
-        sizes = [len(c.samples) for c in completions]
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return [correct[start : start + size] for start, size in zip(starts, sizes, strict=True)]
-
-    # ---- checkpoints ----
-
-    def checkpoint(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        state = {
-            "policy": self.policy.state(),
-            "pilots": self.pilots,
-            "tally": self.tally.__dict__,
-            "step": self.step,
-            "weight_version": self.weight_version,
-            "wall_s": self.wall_s,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        }
-        torch.save(state, path / "trainer.pt")
-
-    def restore(self, path: Path) -> None:
-        state = torch.load(path / "trainer.pt", weights_only=False)
-        self.policy.load_state(state["policy"])
-        self.pilots = state["pilots"]
-        self.tally = Tally(**state["tally"])
-        self.step, self.weight_version = state["step"], state["weight_version"]
-        self.wall_s = state["wall_s"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+# ---- the run ----
 
 
-def clustered_mean_stderr(correct: Sequence[Sequence[bool]]) -> tuple[float, float]:
-    """Accuracy and its standard error over prompts, each with one or more answers.
+async def run(t: Trainer) -> None:
+    """The whole run: start (or resume), evaluate step 0 on a fresh run, then train."""
+    await start(t)
+    if t.step == 0:
+        await evaluate_and_log(t)
+    await train_steps(t)
 
-    The accuracy is the mean over prompts of each prompt's share of right answers; the
-    standard error is the sample standard deviation (ddof 1) of those per-prompt shares
-    over sqrt(number of prompts). Answers to one prompt are correlated, so this clustered
-    error is the right one with several answers per prompt; with one answer each it
-    equals the binomial sqrt(p (1 - p) / (n - 1)). Both are in [0, 1]; the error is NaN
-    with fewer than two prompts. Raises ValueError when `correct` or a prompt's list is
-    empty.
+
+async def start(t: Trainer) -> None:
+    """Create the allocator run or resume the checkpoint, then push our weights: the
+    servers may hold another run's (a shared stack) or a restarted server's initial ones."""
+    await run_checkpoint.resume_or_create(t)
+    await read_allocator_counts(t)
+    await push_weights(t)
+
+
+async def train_steps(t: Trainer, until: int | None = None) -> list[dict[str, Any]]:
+    """Train until the run is finished (or until step `until`); returns the train rows."""
+    rows = []
+    while not finished(t) and (until is None or t.step < until):
+        started, clock = time.perf_counter(), PhaseClock()
+        rollouts_before = t.allocator_counts.rollouts_total
+        groups: list[list[Rollout]] = []
+        rounds, batch_complete = 0, False
+        while not batch_complete:
+            with clock("allocate"):
+                plan = await plan_round(t, rounds)
+            with clock("generate"):
+                completions = await generate(t, round_requests(t, plan))
+            with clock("score"):
+                rewards = await score(t, plan, completions)
+            with clock("allocate"):
+                result = await t.services.allocator.report(t.run_id, plan.plan_id, rewards)
+            groups += collect(t, plan, completions, rewards, result)
+            rounds, batch_complete = rounds + 1, result.batch_complete
+        with clock("train"):
+            losses = train(t, groups)
+        with clock("allocate"):
+            await complete_step(t)
+        with clock("sync"):
+            landing = await push_weights(t)
+        t.step += 1
+        step_s = time.perf_counter() - started
+        t.wall_s += step_s
+        row = train_row(t, groups, rounds, clock, step_s, losses, landing)
+        t.log.write(row)
+        rows.append(row)
+        if finished(t) or eval_due(t, rollouts_before):
+            await evaluate_and_log(t)
+        if finished(t) or checkpoint_due(t.cfg, t.step):
+            with t.log.phase(f"checkpoint step {t.step}"):
+                await run_checkpoint.save_run(t)
+    return rows
+
+
+def finished(t: Trainer) -> bool:
+    """`run.steps` steps done, or `run.max_rollouts` rollouts spent."""
+    cap = t.cfg.run.max_rollouts
+    return t.step >= t.cfg.run.steps or (
+        cap is not None and t.allocator_counts.rollouts_total >= cap
+    )
+
+
+def eval_due(t: Trainer, rollouts_before: int) -> bool:
+    """Every `eval.every` steps, and each time the rollouts pass a multiple of
+    `eval.every_rollouts` (`rollouts_before`: the total before this step)."""
+    every, per = t.cfg.eval.every, t.cfg.eval.every_rollouts
+    by_step = every > 0 and t.step % every == 0
+    by_rollouts = per > 0 and t.allocator_counts.rollouts_total // per > rollouts_before // per
+    return by_step or by_rollouts
+
+
+def checkpoint_due(config: TrainerConfig, step: int) -> bool:
+    every = config.run.checkpoint_every
+    return bool(every) and step % every == 0
+
+
+class PhaseClock:
+    """Seconds one step spends per phase (allocate, generate, score, train, sync)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - started
+
+
+# ---- plan, generate, score, report ----
+
+
+async def plan_round(t: Trainer, round_: int) -> am.Plan:
+    """The allocator's next round; the buffer entries it released leave the rollout store."""
+    plan = await t.services.allocator.plan(t.run_id, request_id=f"{t.run_id}:{t.step}:{round_}")
+    t.pilots.release(plan.released)
+    return plan
+
+
+def round_seed(seed: int, step: int, round_: int) -> int:
+    """The sampling seed of one round (evaluations use step -1 and the train step as the
+    round): a 48-bit hash of the run's seed, so a resumed run samples the same tokens."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{round_}".encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "little")
+
+
+def round_requests(t: Trainer, plan: am.Plan) -> list[GenerationRequest]:
+    s = t.cfg.sampling
+    params = SamplingParams(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=round_seed(t.cfg.run.seed, plan.step, plan.round),
+        stop=tuple(s.stop),
+    )
+    return [GenerationRequest(t.data.prompt_tokens[i.prompt_id], i.n, params) for i in plan.items]
+
+
+async def generate(t: Trainer, requests: list[GenerationRequest]) -> list[Completion]:
+    """Generate; if a server answered with stale weights (it restarted), push and redo.
+
+    A server that labels its answers (the embedded one) is checked answer by answer;
+    one that does not (vLLM) is asked for its `/weight_info` once the batch is back:
+    a server that restarted during the call reports its initial version there.
+    Raises RuntimeError after three stale answers in a row.
     """
-    if not correct or any(len(answers) == 0 for answers in correct):
-        raise ValueError("every prompt needs at least one answer")
-    shares = [sum(answers) / len(answers) for answers in correct]
-    n = len(shares)
-    mean = sum(shares) / n
-    if n < 2:
-        return mean, math.nan
-    variance = sum((x - mean) ** 2 for x in shares) / (n - 1)
-    return mean, math.sqrt(variance / n)
+    for _ in range(3):
+        completions = await t.services.generation.generate(requests)
+        expected = str(t.weight_version)
+        stale = {c.base_url for c in completions if c.weight_version not in (None, expected)}
+        if any(c.weight_version is None for c in completions):
+            versions = await t.services.generation.weight_versions()
+            stale |= {url for url, v in versions.items() if v != expected}
+        if not stale:
+            return completions
+        t.log.note(f"stale weights on {sorted(stale)}; pushing version {t.weight_version + 1}")
+        t.counts.stale_repushes += 1
+        await push_weights(t)
+    raise RuntimeError("generation servers keep answering with stale weights")
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2))
+async def score(t: Trainer, plan: am.Plan, completions: list[Completion]) -> list[list[float]]:
+    """Rewards in [0, 1], one list per plan item with its `n` rewards, in plan order."""
+    task = t.cfg.data.task
+    items = [
+        ScoreItem(response=s.text, reference=t.data.answers[item.prompt_id], task=task)
+        for item, completion in zip(plan.items, completions, strict=True)
+        for s in completion.samples
+    ]
+    results = await t.services.verifier.score(items)
+    rewards, cursor = [], 0
+    for item in plan.items:
+        rewards.append([r.reward for r in results[cursor : cursor + item.n]])
+        cursor += item.n
+    return rewards
+
+
+def collect(
+    t: Trainer,
+    plan: am.Plan,
+    completions: list[Completion],
+    rewards: list[list[float]],
+    result: am.ResultsResponse,
+) -> list[list[Rollout]]:
+    """This round's train groups (a commit's: its reused stored pilots, then its fresh
+    rollouts); then the answer's released entries leave the store and its buffered
+    prompts' pilot rollouts enter it. Counts the zero-variance rollouts."""
+    fresh: dict[int, list[Rollout]] = {}
+    for item, completion, group in zip(plan.items, completions, rewards, strict=True):
+        prompt = t.data.prompt_tokens[item.prompt_id]
+        fresh[item.prompt_id] = [
+            Rollout(prompt, s.token_ids, s.logprobs, r)
+            for s, r in zip(completion.samples, group, strict=True)
+        ]
+        if item.role != "commit" and rewards_constant(group):
+            t.counts.rollouts_zero_variance += item.n
+    groups = []
+    for train_group in result.train:
+        rollouts = fresh[train_group.prompt_id]
+        if train_group.role == "commit":
+            rollouts = t.pilots.read(train_group.prompt_id, train_group.reuse) + rollouts
+            if rewards_constant([r.reward for r in rollouts]):
+                t.counts.rollouts_zero_variance += len(fresh[train_group.prompt_id])
+        groups.append(rollouts)
+    t.pilots.release(result.released)
+    for prompt_id in result.buffered:
+        t.pilots.add(prompt_id, fresh[prompt_id])
+    return groups
+
+
+# ---- train, complete, push, log ----
+
+
+def train(t: Trainer, groups: list[list[Rollout]]) -> dict[str, float]:
+    """One optimiser step on the groups: the policy's losses and statistics, and the
+    trainer/generator logprob mismatch (before the update) when TIS is on."""
+    mismatch = None
+    if t.cfg.optim.tis_cap:
+        mismatch = t.policy.mismatch([r for g in groups for r in g])
+    losses = t.policy.train_step(groups)
+    if mismatch is not None:
+        losses["logprob_mismatch"] = mismatch
+    return losses
+
+
+async def complete_step(t: Trainer) -> None:
+    """Complete the step at the allocator, release what left its buffer, check the store
+    against the buffer (RolloutStoreMismatch when they differ) and read its counts."""
+    done = await t.services.allocator.complete_step(t.run_id, t.step)
+    t.pilots.release(done.released)
+    if done.buffer is not None:  # None: an answer stored by an older allocator
+        t.pilots.check(done.buffer)
+    await read_allocator_counts(t)
+
+
+async def read_allocator_counts(t: Trainer) -> None:
+    """The allocator's cumulative counts (a strategy omits the roles it never plans)."""
+    counters = (await t.services.allocator.summary(t.run_id)).counters
+    t.allocator_counts = AllocatorCounts(
+        rollouts_pilot=counters.get("rollouts_pilot", 0),
+        rollouts_commit=counters.get("rollouts_commit", 0),
+        rollouts_full=counters.get("rollouts_full", 0),
+        groups_trained=counters.get("groups_trained", 0),
+    )
+
+
+async def push_weights(t: Trainer) -> list[LandingReport]:
+    """Push the policy to every server as the next version, then check it landed.
+
+    Raises WeightLandingError (step, server, largest difference) when a server's
+    logprobs disagree with the pushed weights: no rollout is drawn from them.
+    """
+    t.weight_version += 1
+    await t.services.weights.push(t.policy.model, t.weight_version)
+    if t.services.landing is None:
+        return []
+    urls = t.services.generation.base_urls
+    return await t.services.landing.check(t.policy.model, urls, t.weight_version, t.step)
+
+
+def count_fields(t: Trainer) -> dict[str, int]:
+    """The cumulative counts of a train row: the allocator's, and the trainer's own."""
+    a = t.allocator_counts
+    return {
+        "rollouts_total": a.rollouts_total,
+        "rollouts_pilot": a.rollouts_pilot,
+        "rollouts_commit": a.rollouts_commit,
+        "rollouts_full": a.rollouts_full,
+        "rollouts_zero_variance": t.counts.rollouts_zero_variance,
+        "groups_trained": a.groups_trained,
+    }
+
+
+def train_row(
+    t: Trainer,
+    groups: list[list[Rollout]],
+    rounds: int,
+    clock: PhaseClock,
+    step_s: float,
+    losses: dict[str, float],
+    landing: list[LandingReport],
+) -> dict[str, Any]:
+    """The step's metrics.jsonl row (fields: docs and trainer/logbook.py)."""
+    rewards = [r.reward for g in groups for r in g]
+    row: dict[str, Any] = {
+        "kind": "train",
+        "step": t.step,
+        **count_fields(t),
+        "train_reward_mean": sum(rewards) / len(rewards),
+        "rounds": rounds,
+        "buffer_size": len(t.pilots),
+        "stale_repushes": t.counts.stale_repushes,
+        "wall_s": t.wall_s,
+        "step_s": step_s,
+        **{f"time_{k}_s": v for k, v in clock.seconds.items()},
+        **losses,
+    }
+    if landing:
+        row["landing_max_abs"] = max(r.max_abs for r in landing)
+    return row
+
+
+# ---- evaluation ----
+
+
+async def evaluate_and_log(t: Trainer) -> None:
+    with t.log.phase(f"evaluate step {t.step}"):
+        row = await evaluate(t)
+    t.log.write(row)
+
+
+async def evaluate(t: Trainer) -> dict[str, Any]:
+    """Accuracy of answers sampled at temperature 1.0 (and greedy) on held-out prompts,
+    with its clustered standard error (trainer.algos.clustered_mean_stderr)."""
+    cfg = t.cfg
+    count = min(cfg.eval.prompts, len(t.eval_data.answers))
+    sampled, stderr = clustered_mean_stderr(await eval_correct(t, count, cfg.eval.samples, 1.0))
+    row: dict[str, Any] = {
+        "kind": "eval",
+        "step": t.step,
+        "eval_accuracy": sampled,
+        "eval_prompts": count,
+        "eval_samples": cfg.eval.samples,
+        "rollouts_total": t.allocator_counts.rollouts_total,
+        "wall_s": t.wall_s,
+    }
+    row["eval_accuracy_stderr"] = stderr
+    if cfg.eval.greedy:
+        greedy, _ = clustered_mean_stderr(await eval_correct(t, count, 1, 0.0))
+        row["eval_accuracy_greedy"] = greedy
+    return row
+
+
+async def eval_correct(
+    t: Trainer, count: int, samples: int, temperature: float
+) -> list[list[bool]]:
+    """Whether each answer was right: `samples` answers for each of the first `count`
+    held-out prompts, grouped by prompt."""
+    s = t.cfg.sampling
+    params = SamplingParams(
+        max_tokens=s.max_tokens,
+        temperature=temperature,
+        top_p=1.0,
+        seed=round_seed(t.cfg.run.seed, -1, t.step),
+        stop=tuple(s.stop),
+    )
+    requests = [
+        GenerationRequest(t.eval_data.prompt_tokens[i], samples, params) for i in range(count)
+    ]
+    completions = await generate(t, requests)
+    task = t.cfg.data.task
+    items = [
+        ScoreItem(response=smp.text, reference=t.eval_data.answers[i], task=task)
+        for i, c in enumerate(completions)
+        for smp in c.samples
+    ]
+    results = await t.services.verifier.score(items)
+    correct = [r.correct for r in results]
+    sizes = [len(c.samples) for c in completions]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [correct[start : start + size] for start, size in zip(starts, sizes, strict=True)]

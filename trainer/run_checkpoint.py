@@ -1,4 +1,12 @@
-"""Crash-safe resumable checkpoints of a run folder.
+"""Saving and resuming a run: what a checkpoint holds, how a run resumes from it, and
+the crash-safe layout that makes any instant of a save survivable.
+
+A checkpoint is two files: `trainer.pt` (torch.save of the policy and its optimiser,
+the stored pilot rollouts, the trainer's own counts, the step, the weight version, the
+wall time and the torch and Python RNG states) and `allocator.json` (the allocator's
+snapshot of the run, taken after the step completed). `save_run` writes both;
+`resume_or_create` puts a run back in its latest checkpoint's state (the trainer's side
+and the allocator's), or creates the allocator run when there is none.
 
 Layout under the run folder `output`:
 
@@ -21,12 +29,21 @@ of a save (1-based; `fs_steps` counts them), to test exactly that.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import re
 import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from services.allocator import models as am
+from trainer.rollouts import RolloutStore
+
+if TYPE_CHECKING:
+    from trainer.loop import Trainer
 
 POINTER = "checkpoint"
 _DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -164,3 +181,73 @@ def save(output: Path, step: int, write: Callable[[Path], None]) -> Path:
             shutil.rmtree(child)
             _fs_step()
     return final
+
+
+# ---- a run's checkpoint ----
+
+
+async def save_run(t: Trainer) -> Path:
+    """Save the trainer and its allocator snapshot as `output/checkpoint-<step>/` and make
+    it the latest (crash-safe: `save`). Returns the directory."""
+    import torch  # here, not at the top: the crash tests start a process per kill
+
+    snapshot = await t.services.allocator.snapshot(t.run_id)
+
+    def write(directory: Path) -> None:
+        torch.save(trainer_state(t), directory / "trainer.pt")
+        (directory / "allocator.json").write_text(snapshot.model_dump_json())
+
+    return save(t.output, t.step, write)
+
+
+def trainer_state(t: Trainer) -> dict[str, object]:
+    import torch
+
+    return {
+        "policy": t.policy.state(),
+        "pilots": t.pilots.state(),
+        "counts": dataclasses.asdict(t.counts),
+        "step": t.step,
+        "weight_version": t.weight_version,
+        "wall_s": t.wall_s,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }
+
+
+def load_trainer_state(t: Trainer, path: Path) -> None:
+    """Put `t` in the state `trainer_state` saved to `path` (a `trainer.pt`). A file of
+    the previous version keeps its counts under `tally`, most of them now the allocator's."""
+    import torch
+
+    state = torch.load(path, weights_only=False)
+    t.policy.load_state(state["policy"])
+    t.pilots = RolloutStore(state["pilots"])
+    counts = state.get("counts") or {
+        "rollouts_zero_variance": state["tally"]["rollouts_zero_variance"]
+    }
+    t.counts = dataclasses.replace(t.counts, **counts)
+    t.step, t.weight_version = state["step"], state["weight_version"]
+    t.wall_s = state["wall_s"]
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+
+
+async def resume_or_create(t: Trainer) -> None:
+    """Resume the latest checkpoint in `t.output` (trainer state and allocator snapshot),
+    or create the allocator run when there is none. Raises SystemExit when the allocator
+    already has steps of this run id but the output has no checkpoint."""
+    alloc = t.services.allocator
+    checkpoint = latest(t.output)
+    if checkpoint is not None:
+        load_trainer_state(t, checkpoint / "trainer.pt")
+        snapshot = am.Snapshot.model_validate_json((checkpoint / "allocator.json").read_text())
+        await alloc.restore_snapshot(t.run_id, snapshot)
+        t.log.note(f"resumed from {checkpoint} at step {t.step}")
+        return
+    spec = am.RunSpec(num_prompts=len(t.data.answers), seed=t.cfg.run.seed, config=t.cfg.allocation)
+    created = await alloc.create_run(t.run_id, spec)
+    if not created.created and created.run.step > 0:
+        raise SystemExit(
+            f"allocator run {t.run_id!r} already has {created.run.step} steps "
+            "and this output has no checkpoint; use another run id or output"
+        )

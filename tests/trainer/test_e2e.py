@@ -17,7 +17,8 @@ from services.common.http import ServiceUnavailable
 from services.common.procs import start_service
 from services.stack import EmbeddedStack, StackUrls
 from tests.assets import fitted_tiny_assets
-from trainer.cli import clients, load_dataset, prepare_run, train
+from trainer import loop
+from trainer.cli import clients, load_dataset, train
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, WeightLandingError
 from trainer.generation.weight_sync import VLLMReloadSync
@@ -136,9 +137,15 @@ async def _start_trainer(
     from trainer.policy import Policy
 
     policy = Policy(config.model.path, config.optim, "cpu", "float32")
-    trainer = Trainer(config, config.run.run_id, policy, data, data, services, logbook)
-    await prepare_run(trainer, config, output)
+    trainer = Trainer(config, config.run.run_id, policy, data, data, services, logbook, output)
+    await loop.start(trainer)
     return trainer
+
+
+async def _one_step(trainer: Trainer) -> dict:
+    """Run the loop for one step; its train row."""
+    [row] = await loop.train_steps(trainer, until=trainer.step + 1)
+    return row
 
 
 async def _weight_version(url: str) -> str:
@@ -160,7 +167,7 @@ def test_restarted_generation_server_gets_current_weights(assets: Path, tmp_path
         with Logbook(out, 3) as logbook:
             async with clients(config, urls, out, data) as services:
                 trainer = await _start_trainer(config, out, services, logbook, data)
-                rows = [await trainer.train_step()]
+                rows = [await _one_step(trainer)]
                 url = urls.generation_urls[0]
                 old = next(p for p in stack.procs if p.name.startswith("generation"))
                 old.kill()
@@ -174,7 +181,7 @@ def test_restarted_generation_server_gets_current_weights(assets: Path, tmp_path
                     )
                 )
                 assert await _weight_version(url) == "0"
-                rows.append(await trainer.train_step())
+                rows.append(await _one_step(trainer))
                 assert await _weight_version(url) == str(trainer.weight_version)
                 return rows
 
@@ -217,11 +224,11 @@ def test_unreachable_services_retry_then_fail_clearly(assets: Path, tmp_path: Pa
                         )
                     )
 
-                row, _ = await asyncio.gather(trainer.train_step(), bring_back())
+                row, _ = await asyncio.gather(_one_step(trainer), bring_back())
                 assert row["step"] == 1
                 stack.procs[-1].kill()
                 with pytest.raises(ServiceUnavailable, match="verifier unreachable"):
-                    await trainer.train_step()
+                    await _one_step(trainer)
 
     try:
         asyncio.run(scenario())
@@ -277,15 +284,15 @@ def test_stored_pilots_equal_the_allocator_buffer(
         with Logbook(out, 4) as logbook:
             async with clients(config, stack, out, data) as services:
                 trainer = await _start_trainer(config, out, services, logbook, data)
-                await trainer.train_step()
+                await _one_step(trainer)
                 while not allocator_buffer():
-                    await trainer.train_step()
+                    await _one_step(trainer)
                 seen.append((set(trainer.pilots), allocator_buffer()))
                 victim = min(allocator_buffer())
                 await services.allocator.evict("released", victim)  # not via the trainer
                 assert victim in trainer.pilots and victim not in allocator_buffer()
                 await services.allocator.complete_epoch("released")  # flushes the buffer
-                await trainer.train_step()
+                await _one_step(trainer)
                 seen.append((set(trainer.pilots), allocator_buffer()))
         return seen
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainer.loop import clustered_mean_stderr
+from trainer.algos import clustered_mean_stderr
 
 
 def test_two_answers_per_prompt_hand_computed() -> None:
