@@ -131,11 +131,9 @@ def serve_in_thread(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str
     return server, thread, f"http://127.0.0.1:{port}"
 
 
-def test_a_500_closes_the_connection_so_the_next_pooled_request_succeeds() -> None:
-    """uvicorn drops the connection after an unhandled error; `Connection: close` on the
-    500 keeps the client from reusing it, so the next request opens a new one."""
+def boom_and_ok_app() -> FastAPI:
+    """An app with `/boom` (an unhandled error: a 500) and `/ok` (200)."""
     app = FastAPI()
-    install_error_handlers(app, max_body_bytes=1024 * 1024)
 
     @app.get("/boom")
     async def boom() -> None:
@@ -145,6 +143,14 @@ def test_a_500_closes_the_connection_so_the_next_pooled_request_succeeds() -> No
     async def ok() -> dict[str, bool]:
         return {"ok": True}
 
+    return app
+
+
+def test_a_500_closes_the_connection_so_the_next_pooled_request_succeeds() -> None:
+    """uvicorn drops the connection after an unhandled error; `Connection: close` on the
+    500 keeps the client from reusing it, so the next request opens a new one."""
+    app = boom_and_ok_app()
+    install_error_handlers(app, max_body_bytes=1024 * 1024)
     server, thread, url = serve_in_thread(app)
     failures = 0
     try:
@@ -168,16 +174,7 @@ async def test_clients_survive_a_server_that_drops_the_connection_after_a_500() 
     """A server without the shared handler (vLLM, SGLang: uvicorn too) closes the
     connection after an unhandled error without `Connection: close`; the shared client
     retries such a call once at once on a new connection, even with a single attempt."""
-    app = FastAPI()  # Starlette's own 500, no Connection: close
-
-    @app.get("/boom")
-    async def boom() -> None:
-        raise RuntimeError("a bug")
-
-    @app.get("/ok")
-    async def ok() -> dict[str, bool]:
-        return {"ok": True}
-
+    app = boom_and_ok_app()  # Starlette's own 500, no Connection: close
     server, thread, url = serve_in_thread(app)
     once = RetryPolicy(attempts=1)
     failures = 0

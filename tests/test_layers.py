@@ -11,7 +11,9 @@ targets, `python -m` commands), as `pilot_commit.imports` reads them:
 - `services.allocator` and `services.verifier` reach neither torch nor transformers, also
   through what they import (their images install neither);
 - a service package imports from other service packages only their `client` and `models`
-  modules, and `services.common` imports no service package.
+  modules, and `services.common` imports no service package;
+- `trainer` imports from a service package only its `client`, `models` and `configs`
+  modules, and the few shared helpers in `TRAINER_MAY_ALSO`, each with its reason.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ SERVICE_PACKAGES = ("allocator", "verifier", "generation")
 LIGHT = ("services.allocator", "services.verifier")
 HEAVY = ("torch", "transformers")
 SHARED = ("client", "models")
+TRAINER_SHARED = (*SHARED, "configs")
+# Service modules the trainer may import besides clients, wire models and configs.
+TRAINER_MAY_ALSO = {
+    # the tied-embedding layout that the generation server's served copy and the trainer's
+    # checkpoint writer must agree on
+    "services.generation.weights",
+    # locating vLLM's own venv when `train` starts vLLM as its embedded generation server
+    "services.generation.vllm",
+    # SmolLM2's calibration extracts answers exactly as the verifier does
+    "services.verifier.answers",
+}
 
 
 def _within(module: str, package: str) -> bool:
@@ -49,6 +62,13 @@ def direct_violations(imports: list[Import]) -> list[str]:
             rule = "services never import trainer or pilot_commit"
         elif _within(src, "trainer") and _within(dst, "pilot_commit"):
             rule = "trainer never imports pilot_commit"
+        elif (
+            _within(src, "trainer")
+            and _service(dst) in SERVICE_PACKAGES
+            and dst.split(".")[2:3] not in ([name] for name in TRAINER_SHARED)
+            and dst not in TRAINER_MAY_ALSO
+        ):
+            rule = "trainer imports a service's client, models and configs only"
         elif _service(src) == "common" and _service(dst) in SERVICE_PACKAGES:
             rule = "services.common imports no service package"
         elif (
@@ -158,6 +178,12 @@ BROKEN = [
          "services/allocator/cli.py": ""},
         "services/common/procs.py:1: services.common.procs imports services.allocator.cli "
         "(services.common imports no service package)",
+    ),
+    (
+        {"trainer/algos.py": "from services.allocator.core import rewards_constant\n",
+         "services/allocator/core.py": ""},
+        "trainer/algos.py:1: trainer.algos imports services.allocator.core (trainer "
+        "imports a service's client, models and configs only)",
     ),
 ]
 # fmt: on

@@ -17,16 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from services.allocator.core import rewards_constant
+from services.common.rewards import rewards_constant
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     """(r - mean) / (std + eps) within one group (GRPO, arXiv 2402.03300); [G] -> [G].
 
     std is the population std (as the allocator computes it). A constant group (rewards
-    equal by the allocator's `rewards_constant`) gets exactly zero advantages, in the
-    rewards' dtype: the float mean of eight 0.9s is not 0.9, and dividing that residue by
-    a std + eps near eps would push every rollout of the group the same way.
+    equal by `services.common.rewards.rewards_constant`, the allocator's rule too) gets
+    exactly zero advantages, in the rewards' dtype: the float mean of eight 0.9s is not
+    0.9, and dividing that residue by a std + eps near eps would push every rollout of the
+    group the same way.
     """
     if rewards_constant(rewards.tolist()):
         return torch.zeros_like(rewards)

@@ -30,7 +30,7 @@ from typing import Any
 
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
-from services.allocator.core import rewards_constant
+from services.common.rewards import rewards_constant
 from services.generation.client import (
     Completion,
     GenerationClient,

@@ -18,7 +18,6 @@ from services.allocator.core import (
     PlanItem,
     ResultContext,
     Role,
-    rewards_constant,
     summarize,
 )
 from services.allocator.records import BufferEntry, PromptStats
@@ -26,6 +25,7 @@ from services.allocator.strategies.dapo import DAPO, DAPOConfig
 from services.allocator.strategies.grpo import GRPO, GRPOConfig
 from services.allocator.strategies.pilot_commit import PilotCommit, PilotCommitConfig
 from services.allocator.strategies.posterior_gate import PosteriorGate, PosteriorGateConfig
+from services.common.rewards import rewards_constant
 
 REWARD = st.floats(0.0, 1.0, allow_nan=False)
 # Values whose sums and means leave float residue, plus the edges.
