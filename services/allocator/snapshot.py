@@ -10,9 +10,18 @@ import uuid
 from redis.exceptions import ResponseError, WatchError
 
 from services.allocator import models as m
-from services.allocator.keys import RUNS_INDEX, RunKeys
+from services.allocator.keys import RunKeys
 from services.allocator.protocol import Conflict, Invalid
-from services.allocator.runs import RunRegistry, chunks, fresh, opt_s, s, scan_names
+from services.allocator.runs import (
+    RunRegistry,
+    chunks,
+    fresh,
+    opt_s,
+    run_node,
+    s,
+    scan_names,
+    scan_node,
+)
 
 _STAGE_TTL_MS = 3_600_000  # a restore's temporary keys outlive a crashed restore by this
 
@@ -35,7 +44,8 @@ end
 return n
 """
 # Finish a restore: the staged state (KEYS[1]) replaces the state (KEYS[2]), which drops
-# the `restoring` mark; a fresh generation (ARGV[1]); the run index (KEYS[3]).
+# the `restoring` mark; a fresh generation (ARGV[1]); the run index (KEYS[3], none on a
+# cluster).
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('HGET', KEYS[2], 'restored_from') == ARGV[2] then return 0 end
@@ -45,7 +55,7 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('PERSIST', KEYS[2])
 redis.call('HSET', KEYS[2], 'gen', ARGV[1], 'restored_from', ARGV[2])
 redis.call('HDEL', KEYS[2], 'restoring')
-redis.call('SADD', KEYS[3], ARGV[3])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[3]) end
 return 1
 """
 
@@ -91,8 +101,9 @@ class RunSnapshots(RunRegistry):
         keys = run.keys
         out: dict[str, str] = {}
         size, version = 0, None
+        node = await run_node(self.redis, keys)  # on a cluster, the master of the run's slot
         while True:
-            cursor, found = await self.redis.scan(cursor, match=keys.pattern, count=256)
+            cursor, found = await scan_node(self.redis, node, cursor, keys.pattern, 256)
             names = [n for n in map(s, found) if keys.redis_type(n)]
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(keys.state)
@@ -181,7 +192,7 @@ class RunSnapshots(RunRegistry):
                     if mark is not None and mark != restore_id:
                         raise Conflict(f"run {run_id!r} is being restored by restore {mark!r}")
                     found: set[str] = set()  # SCAN may return a key twice
-                    async for name in scan_names(self.redis, keys.pattern):
+                    async for name in scan_names(self.redis, keys, keys.pattern):
                         found.add(name)
                     staged = sorted(n for n in found if n.startswith(temp))
                     finals = [keys.prefix + ":" + name[len(temp) :] for name in staged]
@@ -211,7 +222,7 @@ class RunSnapshots(RunRegistry):
             await self._move(keys=[a for a, _ in group] + [b for _, b in group])
         try:
             await self._finish(
-                keys=[temp + "state", keys.state, RUNS_INDEX],
+                keys=[temp + "state", keys.state, *self.index_keys],
                 args=[uuid.uuid4().hex, restore_id, run_id],  # a restored run is new
             )
         except ResponseError as exc:
@@ -222,7 +233,7 @@ class RunSnapshots(RunRegistry):
 
     async def _drop_staged(self, keys: RunKeys, restore_id: str) -> None:
         pattern = _staged_name(keys, restore_id, keys.prefix + ":*")
-        await self._delete([n async for n in scan_names(self.redis, pattern)])
+        await self._delete([n async for n in scan_names(self.redis, keys, pattern)])
 
     async def _delete(self, names: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
