@@ -75,6 +75,24 @@ class RedisClusterProcs:
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
 
+    def master_of(self, key: str, timeout: float = 15.0) -> int:
+        """The port of the master serving `key`'s slot, once every live node agrees on it
+        (right after a failover they may not, for a moment); TimeoutError otherwise."""
+        live = [p for p, proc in zip(self.ports, self.procs, strict=True) if proc.alive]
+        slot = self.client(live[0]).execute_command("CLUSTER", "KEYSLOT", key)
+        deadline = time.monotonic() + timeout
+        while True:
+            views = set()
+            for port in live:
+                for start, end, primary, *_ in self.client(port).execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        views.add(int(primary[1]))
+            if len(views) == 1:
+                return views.pop()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the nodes disagree on the master of slot {slot}: {views}")
+            time.sleep(0.1)
+
     def nodes(self) -> list[dict[str, str]]:
         """CLUSTER NODES as seen by the first live node: id, port, role ("master" or
         "replica"), the master's id ("-" for a master)."""

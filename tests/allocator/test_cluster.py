@@ -33,21 +33,8 @@ PATIENT = RetryPolicy(attempts=40, backoff_s=0.05, max_backoff_s=0.5)
 
 
 def master_of(cluster: RedisClusterProcs, run_id: str) -> str:
-    """The port of the master serving the run's slot, once every node agrees on it."""
-    slot = cluster.client(cluster.ports[0]).execute_command(
-        "CLUSTER", "KEYSLOT", RunKeys(run_id).state
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        views = set()
-        for port in cluster.ports:
-            for start, end, primary, *_ in cluster.client(port).execute_command("CLUSTER SLOTS"):
-                if start <= slot <= end:
-                    views.add(str(primary[1]))
-        if len(views) == 1:
-            return views.pop()
-        assert time.monotonic() < deadline, f"the nodes disagree on slot {slot}: {views}"
-        time.sleep(0.1)
+    """The port of the master serving the run's slot, as the cluster's nodes say."""
+    return str(cluster.master_of(RunKeys(run_id).state))
 
 
 def run_keys_on(cluster: RedisClusterProcs, port: str, run_id: str) -> list[str]:
