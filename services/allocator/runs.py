@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import WatchError
 
+from services.allocator import cas
 from services.allocator import models as m
 from services.allocator.connection import AnyRedis, primaries
 from services.allocator.core import Strategy
@@ -96,6 +96,7 @@ class RunRegistry:
         # Configs by run; each call checks that its config's generation is still current.
         self._runs: dict[str, Run] = {}
         self._create = redis.register_script(_CREATE)
+        self._cas = redis.register_script(cas.SCRIPT)
         self.cluster = isinstance(redis, RedisCluster)
         # The run index's key, to go with a run's keys in its scripts and transactions;
         # none on a cluster (see `_CONFIG_PATTERN`).
@@ -158,29 +159,29 @@ class RunRegistry:
         return sorted(found)
 
     async def delete_run(self, run_id: str) -> int:
-        """Delete every key of the run in one MULTI/EXEC (retried if a mutation of the
-        run commits meanwhile, so none of its writes survives the delete); the number of
-        keys deleted. NotFound (404) for an unknown run."""
+        """Delete every key of the run in one compare-and-set (`cas`: retried if a
+        mutation of the run commits meanwhile, so none of its writes survives the
+        delete); the number of keys deleted. NotFound (404) for an unknown run."""
         keys = RunKeys(run_id)
         self._runs.pop(run_id, None)
         for _ in range(self.max_attempts):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(keys.state, keys.config)
-                    # not EXISTS: redis-py's cluster pipeline splits it by slot and drops
-                    # the reply while WATCHing
-                    if not await pipe.strlen(keys.config):
-                        raise NotFound(f"unknown run {run_id!r}")
-                    names = [n async for n in scan_names(self.redis, keys, keys.pattern)]
-                    pipe.multi()
-                    for batch in chunks(names):
-                        pipe.delete(*batch)
-                    for index in self.index_keys:
-                        pipe.srem(index, run_id)
-                    answers = await pipe.execute()
-                    return int(sum(answers[: len(answers) - len(self.index_keys)]))
-                except WatchError:
-                    continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.state)
+                pipe.strlen(keys.config)  # not EXISTS: a cluster pipeline splits that by slot
+                raw, config = await pipe.execute()
+            if not config:
+                raise NotFound(f"unknown run {run_id!r}")
+            names = [n async for n in scan_names(self.redis, keys, keys.pattern)]
+            writes = cas.Commands()
+            writes.delete(names)
+            for index in self.index_keys:
+                writes.add("SREM", index, run_id)
+            state = {s(k): s(v) for k, v in raw.items()}
+            deleted = await self._cas(
+                keys=[keys.state, *self.index_keys], args=writes.args(state, "r")
+            )
+            if deleted != cas.REFUSED:
+                return int(deleted)
         raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
 
 

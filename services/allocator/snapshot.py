@@ -7,8 +7,9 @@ import base64
 import binascii
 import uuid
 
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
+from services.allocator import cas
 from services.allocator import models as m
 from services.allocator.keys import RunKeys
 from services.allocator.protocol import Conflict, Invalid
@@ -16,7 +17,6 @@ from services.allocator.runs import (
     RunRegistry,
     chunks,
     fresh,
-    opt_s,
     run_node,
     s,
     scan_names,
@@ -170,9 +170,9 @@ class RunSnapshots(RunRegistry):
         from another snapshot) or the config or state is missing; Conflict (409) when
         another restore is being committed or the run keeps changing meanwhile.
 
-        How: one MULTI/EXEC (under a WATCH of the run's state) marks the state
-        `restoring` and deletes the run's keys the snapshot does not replace; from then
-        on every other call on the run gets 409. The staged keys are then renamed into
+        How: one compare-and-set (`cas`) marks the state `restoring` and deletes the
+        run's keys the snapshot does not replace; from then on every other call on the
+        run gets 409. The staged keys are then renamed into
         place by scripts of `_MOVE_BATCH` keys, and a last script puts the staged state
         in place, which drops the mark. One script for everything would be simpler, but
         at 10M prompts (~156k keys) it kept Redis busy for seconds, answering nothing
@@ -181,40 +181,34 @@ class RunSnapshots(RunRegistry):
         keys = RunKeys(run_id)
         temp = _staged_name(keys, restore_id, keys.prefix + ":")
         for _ in range(self.max_attempts):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(keys.state)
-                    mark, done = map(
-                        opt_s, await pipe.hmget(keys.state, ["restoring", "restored_from"])
-                    )
-                    if mark is None and done == restore_id:
-                        return
-                    if mark is not None and mark != restore_id:
-                        raise Conflict(f"run {run_id!r} is being restored by restore {mark!r}")
-                    found: set[str] = set()  # SCAN may return a key twice
-                    async for name in scan_names(self.redis, keys, keys.pattern):
-                        found.add(name)
-                    staged = sorted(n for n in found if n.startswith(temp))
-                    finals = [keys.prefix + ":" + name[len(temp) :] for name in staged]
-                    if mark is None:
-                        if len(staged) != expected_keys:
-                            raise Invalid(
-                                f"restore {restore_id!r} has {len(staged)} keys staged, "
-                                f"the snapshot has {expected_keys}"
-                            )
-                        for needed in ("config", "state"):
-                            if temp + needed not in staged:
-                                raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
-                        # Keys the snapshot does not have; the others are replaced by RENAME.
-                        stale = sorted(found - set(staged) - set(finals))
-                        pipe.multi()
-                        pipe.hset(keys.state, "restoring", restore_id)
-                        for batch in chunks(stale):
-                            pipe.delete(*batch)
-                        await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+            raw = await self.redis.hgetall(keys.state)
+            state = {s(k): s(v) for k, v in raw.items()}
+            mark, done = state.get("restoring"), state.get("restored_from")
+            if mark is None and done == restore_id:
+                return
+            if mark is not None and mark != restore_id:
+                raise Conflict(f"run {run_id!r} is being restored by restore {mark!r}")
+            found: set[str] = set()  # SCAN may return a key twice
+            async for name in scan_names(self.redis, keys, keys.pattern):
+                found.add(name)
+            staged = sorted(n for n in found if n.startswith(temp))
+            finals = [keys.prefix + ":" + name[len(temp) :] for name in staged]
+            if mark is not None:
+                break  # an interrupted commit: finish it
+            if len(staged) != expected_keys:
+                raise Invalid(
+                    f"restore {restore_id!r} has {len(staged)} keys staged, "
+                    f"the snapshot has {expected_keys}"
+                )
+            for needed in ("config", "state"):
+                if temp + needed not in staged:
+                    raise Invalid(f"restore {restore_id!r} has no {needed!r} key")
+            # Keys the snapshot does not have; the others are replaced by RENAME.
+            writes = cas.Commands()
+            writes.add("HSET", keys.state, "restoring", restore_id)
+            writes.delete(sorted(found - set(staged) - set(finals)))
+            if await self._cas(keys=[keys.state], args=writes.args(state)) != cas.REFUSED:
+                break
         else:
             raise Conflict(f"run {run_id!r} is being changed by many requests at once; retry")
         moves = [(a, b) for a, b in zip(staged, finals, strict=True) if b != keys.state]

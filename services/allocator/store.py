@@ -3,17 +3,13 @@
 Every mutation is an optimistic compare-and-set: read the run's state hash (its
 `version` and generation), read the parts of the state the request declares
 (`Request.reads`) into a `RunView`, let `transition` decide, and apply its `Delta` with
-one script (`_COMMIT`) that first checks the version and generation are still the ones
-read, then writes the delta and bumps `state.version`. If any other replica mutated the
+one script (`cas.SCRIPT`) that first checks the version and generation are still the
+ones read, then writes the delta and bumps `state.version`. If any other replica mutated the
 run in between, the script writes nothing and the mutation is retried from fresh reads,
 so two allocator replicas can never hand out the same cursor position or buffer entry
 twice. Every call also checks the run's generation (`runs.Run.check`).
 
-Why a script and not WATCH + MULTI/EXEC: the check travels with the writes, so it holds
-whatever connection carries them. On Redis Cluster, redis-py resends a command that
-meets a failover on a fresh connection, which holds no WATCH; a compare-and-set resent
-after a failover (or after a lost reply) is refused instead of applied twice. A script
-touches one slot, and every key of a run is in its slot (`keys`).
+Why a script and not WATCH + MULTI/EXEC: see `cas`.
 
 Idempotency: plans are keyed by the caller's request id, results by plan id (with a
 digest of the rewards), step completion by step number; a retry returns the stored
@@ -28,6 +24,7 @@ from typing import Any
 
 from services.allocator import models as m
 from services.allocator import protocol as p
+from services.allocator.cas import REFUSED, Commands
 from services.allocator.keys import RunKeys
 from services.allocator.protocol import Conflict, Invalid, NotFound
 from services.allocator.records import BufferEntry, PromptStats
@@ -36,59 +33,8 @@ from services.allocator.snapshot import RunSnapshots
 
 __all__ = ["AllocatorStore", "Conflict", "Invalid", "NotFound", "Run", "StaleRun"]
 
-# Apply a delta if the run is still as read: KEYS[1] the run's state hash; ARGV[1] its
-# generation and ARGV[2] its version as read ("" when absent); then the commands, each as
-# its argument count followed by its arguments. 1 when applied, 0 when the run changed.
-_COMMIT = """
-local state = KEYS[1]
-if redis.call('HEXISTS', state, 'restoring') == 1
-  or (redis.call('HGET', state, 'gen') or '') ~= ARGV[1]
-  or (redis.call('HGET', state, 'version') or '') ~= ARGV[2] then
-  return 0
-end
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-redis.call('HINCRBY', state, 'version', 1)
-return 1
-"""
-# Arguments per command in `_COMMIT` (Lua's unpack takes a few thousand at most); longer
-# variadic commands are split, which changes nothing inside one script.
-_MAX_ARGS = 1000
-
-
-class _Commands:
-    """The writes of one delta, as `_COMMIT`'s arguments (names and values as given)."""
-
-    def __init__(self) -> None:
-        self.argv: list[Any] = []
-
-    def add(self, name: str, *args: Any) -> None:
-        self.argv += [len(args) + 1, name, *args]
-
-    def variadic(self, name: str, key: str, items: list[Any], width: int = 1) -> None:
-        """`name key item...` in as many commands as `_MAX_ARGS` needs; an item is
-        `width` arguments (2 for HSET's field and value)."""
-        step = (_MAX_ARGS // width) * width
-        for i in range(0, len(items), step):
-            self.add(name, key, *items[i : i + step])
-
-    def delete(self, names: list[str]) -> None:
-        for i in range(0, len(names), _MAX_ARGS):
-            self.add("DEL", *names[i : i + _MAX_ARGS])
-
-    def hset(self, key: str, mapping: dict[Any, Any]) -> None:
-        self.variadic("HSET", key, [x for kv in mapping.items() for x in kv], 2)
-
 
 class AllocatorStore(RunSnapshots):
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._commit = self.redis.register_script(_COMMIT)
-
     # ---- the protocol's calls ----
 
     @fresh
@@ -229,10 +175,9 @@ class AllocatorStore(RunSnapshots):
                 raise
             if delta is None:
                 return answer
-            commands = _Commands()
+            commands = Commands()
             self._apply(commands, keys, delta)
-            expected = [state.get("gen", ""), state.get("version", "")]
-            if await self._commit(keys=[keys.state], args=expected + commands.argv):
+            if await self._cas(keys=[keys.state], args=commands.args(state, "b")) != REFUSED:
                 return answer
         raise Conflict("the run is being changed by many requests at once; retry")
 
@@ -288,8 +233,8 @@ class AllocatorStore(RunSnapshots):
             view.records["known_plan"] = await self.redis.get(keys.plan(s(known)))
         return view
 
-    def _apply(self, c: _Commands, keys: RunKeys, d: p.Delta) -> None:
-        """The writes of `d` as commands of `_COMMIT`, in the order `Delta` documents."""
+    def _apply(self, c: Commands, keys: RunKeys, d: p.Delta) -> None:
+        """The writes of `d` as commands of `cas.SCRIPT`, in the order `Delta` documents."""
         names = [self._key(keys, kind, arg) for kind, arg in d.drop]
         if d.clear_buffer:
             names.append(keys.buffer)
@@ -351,7 +296,7 @@ class AllocatorStore(RunSnapshots):
         return out
 
 
-def _write_stats(c: _Commands, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
+def _write_stats(c: Commands, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
     by_bucket: dict[str, dict[str, bytes]] = {}
     ids = list(stats)
     for pid, (bucket, field) in zip(ids, keys.locate(ids), strict=True):
