@@ -314,10 +314,10 @@ def main(argv: list[str]) -> int:
             f"plan p50 x{r['plan_p50_ms']:.2f} p99 x{r['plan_p99_ms']:.2f}, "
             f"results p50 x{r['results_p50_ms']:.2f} p99 x{r['results_p99_ms']:.2f}"
         )
-    for r in rows:
+    for r in rows + cluster_rows:
         if "snapshot_bytes" in r:
             console.print(
-                f"{r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
+                f"{r['redis']} Redis, {r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
                 f"in {r['snapshot_keys']:,} keys, read in {r['snapshot_s']:.1f}s, restored in "
                 f"{r['restore_s']:.1f}s (longest Redis command "
                 f"{r['restore_longest_redis_command_ms']:.0f} ms); bench process peak RSS "
