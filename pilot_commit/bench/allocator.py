@@ -317,7 +317,8 @@ def main(argv: list[str]) -> int:
     for r in rows + cluster_rows:
         if "snapshot_bytes" in r:
             console.print(
-                f"{r['redis']} Redis, {r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
+                f"{r['redis']} Redis, {r['prompts']:,} prompts seen: "
+                f"snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
                 f"in {r['snapshot_keys']:,} keys, read in {r['snapshot_s']:.1f}s, restored in "
                 f"{r['restore_s']:.1f}s (longest Redis command "
                 f"{r['restore_longest_redis_command_ms']:.0f} ms); bench process peak RSS "
