@@ -8,7 +8,8 @@ client, so they include HTTP, JSON and Redis round trips.
 
 With `--cluster`, each pool size is also run against a fresh Redis Cluster (3 masters with
 one replica each, on loopback, `redis+cluster://` for the allocator), in the same
-invocation, and the ratio cluster / one Redis of each figure is printed. A run's keys all
+invocation, and the ratio cluster / one Redis of each figure is printed; the one Redis is
+then the cluster's redis-server (Redis 7), not the first on PATH. A run's keys all
 live in one slot, so one run is served by one master: the cluster adds capacity for many
 runs, not speed for one (see docs/allocator.md, "Redis Cluster").
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import tempfile
 import time
@@ -35,7 +37,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from pilot_commit.bench.redis_cluster import RedisClusterProcs, start_redis_cluster
+from pilot_commit.bench.redis_cluster import (
+    RedisClusterProcs,
+    find_cluster_binaries,
+    start_redis_cluster,
+)
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
 from services.allocator.keys import BUCKET_SIZE, RunKeys
@@ -296,6 +302,8 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     pools = [int(x) for x in args.prompts.split(",")]
+    if args.cluster:  # one Redis of the same version as the cluster's, for a fair ratio
+        os.environ["PILOT_COMMIT_REDIS_SERVER"] = find_cluster_binaries()[0]
     console = Console()
     with tempfile.TemporaryDirectory() as tmp, progress(console) as display:
         rows, cluster_rows = [], []
