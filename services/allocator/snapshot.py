@@ -60,6 +60,19 @@ return 1
 """
 
 
+# A snapshot page's batch, read at one instant: the state hash (KEYS[1], as HGETALL's flat
+# list), then the DUMP payload of each other key (KEYS[2..], false when gone). One script
+# rather than a MULTI: redis-py's cluster pipeline queues a MULTI's commands one thread
+# each, which made a 1M-prompt snapshot read 2x slower on a cluster (measured).
+_DUMP = """
+local out = {redis.call('HGETALL', KEYS[1])}
+for i = 2, #KEYS do
+  out[i] = redis.call('DUMP', KEYS[i])
+end
+return out
+"""
+
+
 class RunSnapshots(RunRegistry):
     """Snapshot and restore of whole runs (the store's base)."""
 
@@ -67,6 +80,7 @@ class RunSnapshots(RunRegistry):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._move = self.redis.register_script(_MOVE)
         self._finish = self.redis.register_script(_FINISH)
+        self._dump = self.redis.register_script(_DUMP)
 
     async def snapshot(self, run_id: str) -> m.Snapshot:
         """Every key of the run as base64 DUMP payloads, in one piece (small runs; large
@@ -93,7 +107,7 @@ class RunSnapshots(RunRegistry):
     async def snapshot_page(self, run_id: str, cursor: int, max_bytes: int) -> m.SnapshotPage:
         """One page of the run's snapshot: the keys a Redis SCAN from `cursor` finds, as
         base64 DUMP payloads, until they pass `max_bytes` (of base64) or the scan ends
-        (`next_cursor` None). Each batch is dumped in one MULTI with the run's
+        (`next_cursor` None). Each batch is dumped in one script with the run's
         `gen:version`; a page whose batches disagree is Conflict (409). A snapshot is
         consistent when all its pages carry one `version` (every mutation bumps it); a
         key may come twice (SCAN's rule), with the same payload."""
@@ -105,12 +119,8 @@ class RunSnapshots(RunRegistry):
         while True:
             cursor, found = await scan_node(self.redis, node, cursor, keys.pattern, 256)
             names = [n for n in map(s, found) if keys.redis_type(n)]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(keys.state)
-                for name in names:
-                    pipe.dump(name)
-                raw, *dumps = await pipe.execute()
-            state = {s(k): s(v) for k, v in raw.items()}
+            flat, *dumps = await self._dump(keys=[keys.state, *names])
+            state = {s(k): s(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
             run.check(state)
             now = f"{state['gen']}:{state.get('version', '0')}" if "gen" in state else ""
             if version is not None and now != version:
