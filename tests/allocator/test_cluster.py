@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from pilot_commit.bench.redis_cluster import RedisClusterProcs
+from services.allocator import cas
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
 from services.allocator.connection import cluster_nodes, open_redis
@@ -281,3 +282,28 @@ async def test_master_failover_mid_run_loses_and_doubles_nothing(
             await client.aclose()
         for proc, _ in procs:
             proc.stop()
+
+
+@pytest.mark.parametrize("where", ["one", "cluster"])
+async def test_a_resent_write_is_applied_once(
+    where: str, redis_cluster: RedisClusterProcs, redis_url: str
+) -> None:
+    """The compare-and-set every write goes through (`cas`): a script resent after it was
+    applied (a lost reply, a failover) finds the version moved and writes nothing."""
+    store = AllocatorStore(open_redis(redis_cluster.url if where == "cluster" else redis_url))
+    run_id = f"cas-{uuid.uuid4().hex[:8]}"
+    keys = RunKeys(run_id)
+    try:
+        await store.create_run(run_id, SPEC)
+        raw = await store.redis.hgetall(keys.state)
+        state = {k.decode(): v.decode() for k, v in raw.items()}
+        writes = cas.Commands()
+        writes.add("HINCRBY", keys.state, "rollouts_pilot", 5)
+        args = writes.args(state, "b")
+        assert await store._cas(keys=[keys.state], args=args) == 0
+        assert await store._cas(keys=[keys.state], args=args) == cas.REFUSED
+        summary = await store.summary(run_id)
+        assert summary.counters["rollouts_pilot"] == 5
+        assert await store.redis.hget(keys.state, "version") == b"1"
+    finally:
+        await store.redis.aclose()
