@@ -6,6 +6,13 @@ per round, i.e. up to 24,576 rewards per results call) is driven for a few steps
 Bernoulli rewards from fixed per-prompt pass rates. Latencies are measured at the
 client, so they include HTTP, JSON and Redis round trips.
 
+With `--cluster`, each pool size is also run against a fresh Redis Cluster (3 masters with
+one replica each, on loopback, `redis+cluster://` for the allocator), in the same
+invocation, and the ratio cluster / one Redis of each figure is printed; the one Redis is
+then the cluster's redis-server (Redis 7), not the first on PATH. A run's keys all
+live in one slot, so one run is served by one master: the cluster adds capacity for many
+runs, not speed for one (see docs/allocator.md, "Redis Cluster").
+
 With `--snapshot`, every prompt of the pool is then marked as seen (a statistics record
 each, written straight into Redis) and the run's snapshot is read in pages and restored
 in chunks through the client, as a trainer checkpoint and resume do: the snapshot's size
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import tempfile
 import time
@@ -29,11 +37,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from pilot_commit.bench.redis_cluster import (
+    RedisClusterProcs,
+    find_cluster_binaries,
+    start_redis_cluster,
+)
 from services.allocator import models as m
 from services.allocator.client import AllocatorClient
 from services.allocator.keys import BUCKET_SIZE, RunKeys
 from services.allocator.records import RECORD_SIZE
-from services.common.procs import free_port, start_redis, start_service
+from services.common.procs import ManagedProcess, free_port, start_redis, start_service
 from services.common.progress import LineProgress, progress
 
 PAPER_CONFIG = {
@@ -129,6 +142,14 @@ async def snapshot_round_trip(client: AllocatorClient, redis: Redis, prompts: in
     }
 
 
+async def data_bytes(redis: Redis) -> int:
+    """Redis's used memory less what replication holds (the backlog, the replicas' output
+    buffers: none on a Redis without replicas), so one Redis and a cluster master compare."""
+    info = await redis.info("memory")
+    replication = info.get("mem_replication_backlog", 0) + info.get("mem_clients_slaves", 0)
+    return int(info["used_memory"]) - int(replication)
+
+
 async def drive(
     url: str,
     redis_url: str,
@@ -139,7 +160,7 @@ async def drive(
 ) -> dict:
     rng = np.random.default_rng(0)
     redis = Redis.from_url(redis_url)
-    base_memory = (await redis.info("memory"))["used_memory"]
+    base_memory = await data_bytes(redis)
     plan_ms: list[float] = []
     results_ms: list[float] = []
     rewards = 0
@@ -164,7 +185,7 @@ async def drive(
             await client.complete_step("bench", step)
             progress.advance(task)
         summary = await client.summary("bench")
-        used = (await redis.info("memory"))["used_memory"] - base_memory
+        used = await data_bytes(redis) - base_memory
         extra = await snapshot_round_trip(client, redis, prompts) if snapshot else {}
     await redis.aclose()
     return {
@@ -190,10 +211,22 @@ def bench_pool(
     workdir: Path,
     progress: Progress | LineProgress,
     snapshot: bool = False,
+    cluster: bool = False,
 ) -> dict:
-    redis_port, port = free_port(), free_port()
-    redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    """One pool size against a fresh one Redis, or with `cluster` a fresh Redis Cluster
+    (3 masters, 1 replica each). Memory and the snapshot's direct writes go to the node
+    holding the run (the cluster's master of the run's slot)."""
+    port = free_port()
+    redis: ManagedProcess | None = None
+    nodes: RedisClusterProcs | None = None
+    if cluster:
+        nodes = start_redis_cluster(workdir / f"cluster-{prompts}")
+        allocator_url = nodes.url
+        node_url = f"redis://127.0.0.1:{nodes.master_of(RunKeys('bench').state)}/0"
+    else:
+        redis_port = free_port()
+        redis = start_redis(redis_port, workdir / f"redis-{prompts}", appendonly=False)
+        allocator_url = node_url = f"redis://127.0.0.1:{redis_port}/0"
     service = None
     try:
         service = start_service(
@@ -201,19 +234,24 @@ def bench_pool(
             ["allocator", "serve"],
             port=port,
             log_dir=workdir,
-            env={"PC_ALLOCATOR_REDIS_URL": redis_url},
+            env={"PC_ALLOCATOR_REDIS_URL": allocator_url},
         )
         url = f"http://127.0.0.1:{port}"
-        return asyncio.run(drive(url, redis_url, prompts, steps, progress, snapshot))
+        row = asyncio.run(drive(url, node_url, prompts, steps, progress, snapshot))
+        return {"redis": "cluster 3+3" if cluster else "one", **row}
     finally:
         if service:
             service.stop()
-        redis.stop()
+        if redis:
+            redis.stop()
+        if nodes:
+            nodes.stop()
 
 
 def table(rows: list[dict[str, Any]]) -> Table:
     out = Table(title="allocator at paper scale (384x32 pilot + 128x96 commit per round)")
     for col in (
+        "redis",
         "prompts",
         "rounds",
         "plan p50/p99 ms",
@@ -224,6 +262,7 @@ def table(rows: list[dict[str, Any]]) -> Table:
         out.add_column(col, justify="right")
     for r in rows:
         out.add_row(
+            r["redis"],
             f"{r['prompts']:,}",
             str(r["rounds"]),
             f"{r['plan_p50_ms']:.1f} / {r['plan_p99_ms']:.1f}",
@@ -232,6 +271,15 @@ def table(rows: list[dict[str, Any]]) -> Table:
             f"{r['redis_bytes_per_prompt']:.0f}",
         )
     return out
+
+
+RATIO_FIELDS = ("rewards_per_s", "plan_p50_ms", "plan_p99_ms", "results_p50_ms", "results_p99_ms")
+
+
+def cluster_ratio(one: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    """cluster / one Redis for each of `RATIO_FIELDS` (rewards/s: > 1 is faster on the
+    cluster; latencies: > 1 is slower)."""
+    return {"prompts": one["prompts"], **{k: cluster[k] / one[k] for k in RATIO_FIELDS}}
 
 
 def main(argv: list[str]) -> int:
@@ -246,16 +294,39 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="then mark every prompt seen and time a snapshot and a restore of the run",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run each pool on a Redis Cluster (3 masters + 3 replicas, Redis 7) and "
+        "print the ratio cluster / one Redis",
+    )
     args = parser.parse_args(argv)
     pools = [int(x) for x in args.prompts.split(",")]
+    if args.cluster:  # one Redis of the same version as the cluster's, for a fair ratio
+        os.environ["PILOT_COMMIT_REDIS_SERVER"] = find_cluster_binaries()[0]
     console = Console()
     with tempfile.TemporaryDirectory() as tmp, progress(console) as display:
-        rows = [bench_pool(n, args.steps, Path(tmp), display, args.snapshot) for n in pools]
-    console.print(table(rows))
-    for r in rows:
+        rows, cluster_rows = [], []
+        for n in pools:
+            rows.append(bench_pool(n, args.steps, Path(tmp), display, args.snapshot))
+            if args.cluster:
+                cluster_rows.append(
+                    bench_pool(n, args.steps, Path(tmp), display, args.snapshot, cluster=True)
+                )
+    pairs = zip(rows, cluster_rows, strict=True)
+    console.print(table([r for pair in pairs for r in pair] if args.cluster else rows))
+    ratios = [cluster_ratio(one, c) for one, c in zip(rows, cluster_rows, strict=True)]
+    for r in ratios:
+        console.print(
+            f"{r['prompts']:,} prompts, cluster / one Redis: rewards/s x{r['rewards_per_s']:.2f}, "
+            f"plan p50 x{r['plan_p50_ms']:.2f} p99 x{r['plan_p99_ms']:.2f}, "
+            f"results p50 x{r['results_p50_ms']:.2f} p99 x{r['results_p99_ms']:.2f}"
+        )
+    for r in rows + cluster_rows:
         if "snapshot_bytes" in r:
             console.print(
-                f"{r['prompts']:,} prompts seen: snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
+                f"{r['redis']} Redis, {r['prompts']:,} prompts seen: "
+                f"snapshot {r['snapshot_bytes'] / 2**20:,.1f} MiB "
                 f"in {r['snapshot_keys']:,} keys, read in {r['snapshot_s']:.1f}s, restored in "
                 f"{r['restore_s']:.1f}s (longest Redis command "
                 f"{r['restore_longest_redis_command_ms']:.0f} ms); bench process peak RSS "
@@ -265,6 +336,7 @@ def main(argv: list[str]) -> int:
     report = {
         **{k: v for k, v in rows[-1].items()},
         "pools": rows,
+        **({"cluster_pools": cluster_rows, "cluster_ratios": ratios} if args.cluster else {}),
         "plan_p99_growth": largest["plan_p99_ms"] / smallest["plan_p99_ms"],
         "results_p99_growth": largest["results_p99_ms"] / smallest["results_p99_ms"],
     }

@@ -2,6 +2,7 @@
 
 `configs`, `core`, `protocol`, `records`, `permutation` and `strategies/` are pure (no
 I/O): `protocol.transition` is the whole allocation protocol as a state machine. `store`
-is its Redis adapter (with `runs` and `snapshot`); `app` serves it over HTTP; `client` is
-the typed async client.
+is its Redis adapter (with `runs`, `snapshot` and `cas`, the compare-and-set every write
+goes through); `connection` makes the Redis or Redis Cluster client; `app` serves it over
+HTTP; `client` is the typed async client.
 """

@@ -2,7 +2,8 @@
 
 Errors are translated once, here: unknown ids 404, state conflicts 409, malformed input
 422, oversized bodies 413, a missing or wrong token 401, Redis unreachable 503 (the
-client reconnects by itself on the next request once Redis is back).
+client reconnects by itself on the next request once Redis is back; on Redis Cluster,
+also a cluster without a master for the run's slot).
 
 Auth: with a token set, every `/v1/...` call needs `Authorization: Bearer <token>`, reads
 included (they hand out a run's whole state). It is checked by the outermost middleware,
@@ -13,6 +14,7 @@ scrapers; they tell nothing about any run.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,12 +24,18 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.allocator import models as m
+from services.allocator.connection import open_redis, primaries
 from services.allocator.core import AllocationError
 from services.allocator.settings import AllocatorSettings, get_settings
 from services.allocator.store import AllocatorStore, Conflict, Invalid, NotFound
@@ -59,12 +67,12 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            health_check_interval=30,
-        )
+        # redis:// (one Redis) or redis+cluster://host:port[,host:port...] (Redis Cluster)
+        redis = open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        # A cluster's slot map, before the first request; if the cluster is unreachable it
+        # is read on first use instead (until then calls answer 503).
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, ClusterDownError):
+            await primaries(redis)
         app.state.redis = redis
         app.state.store = AllocatorStore(redis, ttl_s=settings.ttl_s)
         yield
@@ -132,6 +140,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
+    # Redis Cluster in a failover or without a master for some slot: retry later.
+    for unavailable in (ClusterDownError, MasterDownError, SlotNotCoveredError, TryAgainError):
+        app.add_exception_handler(unavailable, redis_down)
 
     async def redis_error(request: Request, exc: Exception) -> JSONResponse:
         # BUSY: Redis is running a long script (e.g. a large restore's swap) and serves

@@ -1,7 +1,8 @@
 """Every Redis key of the allocator, in one place.
 
 All keys of a run share the hash tag `{run_id}`, so on Redis Cluster they live in one
-slot and a MULTI/EXEC over them is legal. The run index is the only key outside a run.
+slot and a script or MULTI/EXEC over them is legal. The run index is the only key outside
+a run; on a cluster it is not kept (`runs.RunRegistry.list_runs` scans for configs).
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ class AllocatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PC_ALLOCATOR_", extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding all state.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding all state: `redis://host:port/db` for one Redis, or "
+        "`redis+cluster://host:port[,host:port...]` for a Redis Cluster (any of its nodes; "
+        "the client finds the others).",
+    )
     token: str | None = Field(
         None,
         description="When set, every /v1 call (reads too) requires `Authorization: Bearer "

@@ -1,11 +1,15 @@
 """A run's state in Redis: a thin adapter around the pure protocol (`protocol.transition`).
 
-Every mutation is an optimistic transaction: WATCH the run's state hash, read the parts
-of the state the request declares (`Request.reads`) into a `RunView`, let `transition`
-decide, and apply its `Delta` in one MULTI/EXEC that also bumps `state.version`. If any
-other replica mutated the run in between, EXEC fails and the mutation is retried from
-fresh reads, so two allocator replicas can never hand out the same cursor position or
-buffer entry twice. Every call also checks the run's generation (`runs.Run.check`).
+Every mutation is an optimistic compare-and-set: read the run's state hash (its
+`version` and generation), read the parts of the state the request declares
+(`Request.reads`) into a `RunView`, let `transition` decide, and apply its `Delta` with
+one script (`cas.SCRIPT`) that first checks the version and generation are still the
+ones read, then writes the delta and bumps `state.version`. If any other replica mutated the
+run in between, the script writes nothing and the mutation is retried from fresh reads,
+so two allocator replicas can never hand out the same cursor position or buffer entry
+twice. Every call also checks the run's generation (`runs.Run.check`).
+
+Why a script and not WATCH + MULTI/EXEC: see `cas`.
 
 Idempotency: plans are keyed by the caller's request id, results by plan id (with a
 digest of the rewards), step completion by step number; a retry returns the stored
@@ -18,11 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
-
 from services.allocator import models as m
 from services.allocator import protocol as p
+from services.allocator.cas import REFUSED, Commands
 from services.allocator.keys import RunKeys
 from services.allocator.protocol import Conflict, Invalid, NotFound
 from services.allocator.records import BufferEntry, PromptStats
@@ -153,36 +155,30 @@ class AllocatorStore(RunSnapshots):
         info = p.RunInfo(run.run_id, run.spec, run.strategy)
         keys = run.keys
         for _ in range(self.max_attempts):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(keys.state)
-                    raw = await pipe.hgetall(keys.state)
-                    state = {s(k): s(v) for k, v in raw.items()}
-                    run.check(state)
+            raw = await self.redis.hgetall(keys.state)
+            state = {s(k): s(v) for k, v in raw.items()}
+            run.check(state)
+            try:
+                view = await self._view(run, state, request)
+                while True:
                     try:
-                        view = await self._view(run, state, request)
-                        while True:
-                            try:
-                                answer, delta = p.transition(view, info, request)
-                                break
-                            except p.MissingStats as missing:
-                                view.stats.update(await self._read_stats(keys, missing.ids))
-                    except Exception:
-                        # Reads after WATCH go through other connections; if another
-                        # replica committed meanwhile they may disagree. Retry then.
-                        now = await pipe.hmget(keys.state, ["version", "gen"])
-                        if now != [raw.get(b"version"), raw.get(b"gen")]:
-                            continue
-                        raise
-                    if delta is None:
-                        return answer
-                    pipe.multi()
-                    self._apply(pipe, keys, delta)
-                    pipe.hincrby(keys.state, "version", 1)
-                    await pipe.execute()
-                    return answer
-                except WatchError:
+                        answer, delta = p.transition(view, info, request)
+                        break
+                    except p.MissingStats as missing:
+                        view.stats.update(await self._read_stats(keys, missing.ids))
+            except Exception:
+                # The reads are not one snapshot: if another replica committed meanwhile
+                # they may disagree. Retry then.
+                now = await self.redis.hmget(keys.state, ["version", "gen"])
+                if now != [raw.get(b"version"), raw.get(b"gen")]:
                     continue
+                raise
+            if delta is None:
+                return answer
+            commands = Commands()
+            self._apply(commands, keys, delta)
+            if await self._cas(keys=[keys.state], args=commands.args(state, "b")) != REFUSED:
+                return answer
         raise Conflict("the run is being changed by many requests at once; retry")
 
     async def _view(self, run: Run, state: dict[str, str], request: p.Request) -> p.RunView:
@@ -237,8 +233,8 @@ class AllocatorStore(RunSnapshots):
             view.records["known_plan"] = await self.redis.get(keys.plan(s(known)))
         return view
 
-    def _apply(self, pipe: Pipeline, keys: RunKeys, d: p.Delta) -> None:
-        """Queue the writes of `d` on a MULTI pipeline, in the order `Delta` documents."""
+    def _apply(self, c: Commands, keys: RunKeys, d: p.Delta) -> None:
+        """The writes of `d` as commands of `cas.SCRIPT`, in the order `Delta` documents."""
         names = [self._key(keys, kind, arg) for kind, arg in d.drop]
         if d.clear_buffer:
             names.append(keys.buffer)
@@ -246,15 +242,14 @@ class AllocatorStore(RunSnapshots):
             names.append(keys.evict_pending)
         if d.clear_released:
             names.append(keys.released)
-        if names:
-            pipe.delete(*names)
+        c.delete(names)
         if d.buffer_del:
-            pipe.hdel(keys.buffer, *d.buffer_del)
+            c.variadic("HDEL", keys.buffer, list(d.buffer_del))
         if d.evict_pending_del:
-            pipe.srem(keys.evict_pending, *d.evict_pending_del)
-        _write_stats(pipe, keys, d.stats)
+            c.variadic("SREM", keys.evict_pending, list(d.evict_pending_del))
+        _write_stats(c, keys, d.stats)
         if d.buffer_put:
-            pipe.hset(keys.buffer, mapping={e.prompt_id: e.pack() for e in d.buffer_put})
+            c.hset(keys.buffer, {e.prompt_id: e.pack() for e in d.buffer_put})
         for key, members in (
             (keys.evict_pending, d.evict_pending_add),
             (keys.step_trained, d.step_trained_add),
@@ -262,16 +257,18 @@ class AllocatorStore(RunSnapshots):
             (keys.step_plans, d.step_plans_add),
         ):
             if members:
-                pipe.sadd(key, *members)
+                c.variadic("SADD", key, list(members))
         for (kind, arg), value in d.records.items():
-            ttl = None if kind == "last_step_done" else self.ttl_s
-            pipe.set(self._key(keys, kind, arg), value, ex=ttl)
+            if kind == "last_step_done":
+                c.add("SET", self._key(keys, kind, arg), value)
+            else:
+                c.add("SET", self._key(keys, kind, arg), value, "EX", self.ttl_s)
         for kind, field, value in d.fields:
-            pipe.hset(self._key(keys, kind, ""), field, value)
+            c.add("HSET", self._key(keys, kind, ""), field, value)
         if d.set_fields:
-            pipe.hset(keys.state, mapping=d.set_fields)  # type: ignore[arg-type]
+            c.hset(keys.state, dict(d.set_fields))
         for name, increment in d.add.items():
-            pipe.hincrby(keys.state, name, increment)
+            c.add("HINCRBY", keys.state, name, increment)
 
     @staticmethod
     def _key(keys: RunKeys, kind: str, arg: str) -> str:
@@ -299,13 +296,13 @@ class AllocatorStore(RunSnapshots):
         return out
 
 
-def _write_stats(pipe: Pipeline, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
+def _write_stats(c: Commands, keys: RunKeys, stats: dict[int, PromptStats]) -> None:
     by_bucket: dict[str, dict[str, bytes]] = {}
     ids = list(stats)
     for pid, (bucket, field) in zip(ids, keys.locate(ids), strict=True):
         by_bucket.setdefault(bucket, {})[field] = stats[pid].pack()
     for bucket, mapping in by_bucket.items():
-        pipe.hset(bucket, mapping=mapping)  # type: ignore[arg-type]
+        c.hset(bucket, mapping)
 
 
 def _b(value: bytes | str) -> bytes:
