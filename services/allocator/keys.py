@@ -37,7 +37,7 @@ class RunKeys:
 
     @property
     def state(self) -> str:
-        """Hash of counters; its `version` field is bumped by every mutation (WATCHed)."""
+        """Hash of counters; its `version` field is bumped by every mutation (compared by `cas`)."""
         return f"{self.prefix}:state"
 
     @property

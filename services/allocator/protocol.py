@@ -2,7 +2,8 @@
 
 Nothing here touches Redis. The store reads a `RunView` of the run's state (the parts the
 request declares in `reads`, and prompt statistics on demand), calls `transition`, and
-applies the returned `Delta` in one MULTI/EXEC. Every rule of the protocol lives here:
+applies the returned `Delta` in one compare-and-set script (`cas`). Every rule of the
+protocol lives here:
 
 - a step trains exactly `train_batch_size` groups, a prompt at most once per step;
 - the candidate window widens (x4) until the strategy has enough candidates;
@@ -92,7 +93,7 @@ class RunInfo:
 
 @dataclass
 class RunView:
-    """What the adapter read of a run's state for one request (under one WATCH).
+    """What the adapter read of a run's state for one request (at one version of the run).
 
     Parts a request does not declare in `reads` are left empty. `records` holds the
     request's own records (a stored plan, result, taken entries, digests) by name:

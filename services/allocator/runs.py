@@ -3,7 +3,7 @@
 Identity: a run's config never changes, but a run can be deleted and re-created with
 another config, or restored from a snapshot of another incarnation, by any replica. Each
 incarnation gets a fresh generation (`state.gen`), and every call compares it with the
-generation of the config this process cached, in the same WATCHed read of the state that
+generation of the config this process cached, in the same read of the state that
 its writes depend on: a replica never acts on a config that is gone (it reloads it, or
 answers 404 when the run is gone).
 """

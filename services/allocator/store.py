@@ -143,7 +143,7 @@ class AllocatorStore(RunSnapshots):
                 f"(ids are 0..{run.spec.num_prompts - 1})"
             )
 
-    # ---- read under WATCH -> transition -> apply the delta ----
+    # ---- read -> transition -> apply the delta if the run is as read ----
 
     async def _call(self, run_id: str, request: p.Request) -> Any:
         """The answer of `protocol.transition` for `request`, its delta committed.
