@@ -98,8 +98,10 @@ async def test_hostile_batch_stays_bounded_and_innocent_items_unaffected(service
         elapsed = time.monotonic() - start
     assert health_s < 0.5
     # Hostile items run last and side by side: the batch takes its innocent work plus
-    # one timeout. 0.5 s of slack covers the 1 MB item's transfer on a shared CI machine.
-    assert elapsed < TIMEOUT_S + 1.0 + 0.5, elapsed
+    # one timeout, not a hang (minutes). The slack covers the innocent work and the 1 MB
+    # item's transfer on a loaded 2-core machine (3.0 s measured at load 8); latency
+    # itself is `bench verifier`'s figure.
+    assert elapsed < TIMEOUT_S + 4.0, elapsed
     assert all(r.correct and r.reason == "match" for r in results[len(hostile) :])
     hostile_results = results[: len(hostile)]
     assert {r.reason for r in hostile_results} <= {"timeout", "too_complex", "no_answer",
