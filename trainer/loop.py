@@ -35,6 +35,7 @@ from services.generation.client import (
     Completion,
     GenerationClient,
     GenerationRequest,
+    NoServerInRotation,
     SamplingParams,
 )
 from services.verifier.client import VerifierClient
@@ -252,12 +253,18 @@ async def generate(t: Trainer, requests: list[GenerationRequest]) -> list[Comple
     answer; one that does not (vLLM) is asked for its `/weight_info` once the batch is
     back: a server that restarted during the call reports its initial version there.
     A server that dies during the call is marked down by the client, which re-sends its
-    chunks to the others. Raises RuntimeError after three stale answers in a row.
+    chunks to the others; when every server left is one that came back with other weights
+    (NoServerInRotation), they are admitted and the call redone. Raises RuntimeError
+    after three stale answers (or such redos) in a row.
     """
     for _ in range(3):
         await admit_servers(t)
         gen = t.services.generation
-        completions = await gen.generate(requests)
+        try:
+            completions = await gen.generate(requests)
+        except NoServerInRotation as exc:  # restarted during the call: admit, then redo
+            t.log.note(f"{exc}; pushing version {t.weight_version} to them and redoing")
+            continue
         expected = str(t.weight_version)
         stale = {c.base_url for c in completions if c.weight_version not in (None, expected)}
         if any(c.weight_version is None for c in completions):
@@ -278,14 +285,14 @@ async def admit_servers(t: Trainer) -> None:
     and those marked down whose re-probe time has come. One that reports another weight
     version (restarted on the same address, or back from down) is held out of rotation,
     gets the current weights pushed to it alone (same version, checked by the landing
-    probe), and only then joins the rotation.
+    probe), and only then joins the rotation. Not counted in `stale_repushes` (no stale
+    answer was drawn, and the version does not move); the log notes it.
     """
     gen = t.services.generation
     held = await gen.refresh(str(t.weight_version))
     if not held:
         return
     t.log.note(f"{held} serve another weight version; pushing version {t.weight_version} first")
-    t.counts.stale_repushes += 1
     await update_servers(t, held)
 
 

@@ -160,6 +160,18 @@ def chunk_seed(seed: int, first_index: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+class NoServerInRotation(ServiceUnavailable):
+    """Every server that answers is held for another weight version, and the others are
+    down: waiting cannot help, a push to `held` can (the trainer's `admit_servers`)."""
+
+    def __init__(self, held: list[str], down: list[str]) -> None:
+        self.held, self.down = held, down
+        super().__init__(
+            f"no generation server in rotation: {held} serve another weight version than "
+            f"the required one, {down} are down"
+        )
+
+
 class GenerationClient:
     """Balances `/v1/completions` calls over several servers by outstanding requests.
 
@@ -306,15 +318,25 @@ class GenerationClient:
         """One Completion per request, in order; chunks run concurrently over the servers.
 
         Starts with a `refresh(live=False)`: servers down whose re-probe time has come are
-        probed (no call when none is down). Raises ServiceUnavailable when a chunk found no
-        server to answer it within `policy.attempts` attempts.
+        probed (no call when none is down). Raises NoServerInRotation at once when every
+        server that answers is held for another weight version (only a push can help),
+        ServiceUnavailable when a chunk found no server to answer it within
+        `policy.attempts` attempts; either way the batch's other calls are cancelled.
         """
         await self.refresh(live=False)
         model = await self.model_name()
         chunks = plan_chunks(requests, self.max_prompts, self.max_sequences)
-        results = await asyncio.gather(
-            *(self._run_chunk([requests[i] for i in chunk], model, chunk[0]) for chunk in chunks)
-        )
+        tasks = [
+            asyncio.ensure_future(self._run_chunk([requests[i] for i in c], model, c[0]))
+            for c in chunks
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # the batch has failed: stop its other calls too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         ordered: list[Completion | None] = [None] * len(requests)
         for chunk, completions in zip(chunks, results, strict=True):
             for index, completion in zip(chunk, completions, strict=True):
@@ -377,6 +399,8 @@ class GenerationClient:
                 await asyncio.sleep(self.policy.delay(attempt))
                 if not self.rotation:  # every server down or held: see whether one is back
                     await self.refresh(live=False, force=True)
+                    if not self.rotation and self.held:
+                        raise NoServerInRotation(sorted(self.held), sorted(self.down))
         raise ServiceUnavailable(f"generation failed on every attempt: {last_error}")
 
     async def _slot(self) -> str | None:

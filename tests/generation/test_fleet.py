@@ -16,7 +16,12 @@ from transformers import AutoTokenizer
 
 from services.common.http import RetryPolicy
 from services.common.procs import ManagedProcess, free_port, start_service
-from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
+from services.generation.client import (
+    GenerationClient,
+    GenerationRequest,
+    NoServerInRotation,
+    SamplingParams,
+)
 from trainer.generation.weight_sync import ServersUnreachable, build_weight_sync
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
@@ -137,8 +142,8 @@ async def test_a_server_that_reports_another_version_is_held_until_it_has_the_re
     tiny_model_dir: Path, tmp_path: Path, fast_and_slow: tuple[str, str]
 ) -> None:
     """`required_version`: a server reporting another version gets no call until a
-    refresh finds the required one; a push that cannot reach a server updates the others
-    and names it (ServersUnreachable)."""
+    refresh finds the required one (none in rotation: NoServerInRotation); a push that
+    cannot reach a server updates the others and names it (ServersUnreachable)."""
     fast, _ = fast_and_slow
     fresh = serve(tiny_model_dir, tmp_path, "fresh")
     fresh_url = url_of(fresh)
@@ -151,6 +156,9 @@ async def test_a_server_that_reports_another_version_is_held_until_it_has_the_re
             held = await client.refresh("7")
             assert held == sorted([fresh_url, fast])  # both report their initial "0"
             assert client.rotation == []
+            with pytest.raises(NoServerInRotation) as nothing:  # at once: waiting cannot help
+                await client.generate([GenerationRequest([1, 2, 3], n=2)] * 4)
+            assert nothing.value.held == sorted([fresh_url, fast]) and client.served[fast] == 0
             with pytest.raises(ServersUnreachable) as failure:
                 await sync.push(model, 7, [fresh_url, dead])
             assert failure.value.urls == [dead]

@@ -107,3 +107,44 @@ def test_a_server_back_on_its_port_gets_the_current_weights_before_it_is_used(
     finally:
         stack.stop()
     assert steps == [1, 2, 3]
+
+
+def test_a_lone_server_restarted_mid_step_is_waited_for_then_pushed_to(
+    assets: Path, tmp_path: Path
+) -> None:
+    """One generation server, killed before a step and started again while the step waits
+    for it: the client retries until it answers, holds it (initial weights), the trainer
+    pushes the current version to it (no stale answer is drawn, so no new version), and
+    the step completes on the current weights."""
+    config = make_config(
+        assets, STRATEGIES["grpo"], run={"steps": 3, "run_id": "lone"}, services={"retries": 40}
+    )
+    stack = EmbeddedStack(tmp_path / "stack", assets / "model")
+    urls = stack.start()
+    [url] = urls.generation_urls
+    data = _data(config)
+
+    async def scenario() -> tuple[list[int], int, int]:
+        out = tmp_path / "out"
+        with Logbook(out, config.run.steps) as logbook:
+            async with clients(config, urls, out, data) as services:
+                trainer = await _start_trainer(config, out, services, logbook, data)
+                steps = [(await _one_step(trainer))["step"]]
+                next(p for p in stack.procs if p.name == "generation-0").kill()
+                back = asyncio.create_task(
+                    asyncio.to_thread(restart, stack, assets / "model", url, "generation-0-back")
+                )
+                row = await _one_step(trainer)
+                await back
+                steps.append(row["step"])
+                return steps, row["stale_repushes"], trainer.weight_version
+
+    try:
+        steps, repushes, version = asyncio.run(scenario())
+        served = asyncio.run(_weight_version(url))
+    finally:
+        stack.stop()
+    assert steps == [1, 2]
+    # pushed to before it served the step: no stale answer, so no extra version
+    assert repushes == 0 and version == 1 + 2  # the initial push + one per step
+    assert served == str(version)
