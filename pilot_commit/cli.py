@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "up": ("pilot_commit.up", "start Redis and every service locally until Ctrl-C"),
     "train": ("trainer.cli", "run RL training from a TOML config"),
-    "bench": ("pilot_commit.bench", "benchmarks: allocator, verifier, generation, efficiency"),
+    "bench": ("pilot_commit.bench", "benchmarks (allocator, verifier, generation, fleet, ...)"),
 }
 
 

@@ -35,6 +35,7 @@ from services.generation.client import (
     Completion,
     GenerationClient,
     GenerationRequest,
+    NoServerInRotation,
     SamplingParams,
 )
 from services.verifier.client import VerifierClient
@@ -43,7 +44,7 @@ from trainer import run_checkpoint
 from trainer.algos import clustered_mean_stderr
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, LandingReport
-from trainer.generation.weight_sync import WeightSync
+from trainer.generation.weight_sync import ServersUnreachable, WeightSync
 from trainer.logbook import Logbook
 from trainer.policy import Policy, Rollout
 from trainer.rollouts import RolloutStore
@@ -247,17 +248,27 @@ def round_requests(t: Trainer, plan: am.Plan) -> list[GenerationRequest]:
 async def generate(t: Trainer, requests: list[GenerationRequest]) -> list[Completion]:
     """Generate; if a server answered with stale weights (it restarted), push and redo.
 
-    A server that labels its answers (the embedded one) is checked answer by answer;
-    one that does not (vLLM) is asked for its `/weight_info` once the batch is back:
-    a server that restarted during the call reports its initial version there.
-    Raises RuntimeError after three stale answers in a row.
+    First `admit_servers`: no server is sampled from before it reports the current weight
+    version. A server that labels its answers (the embedded one) is checked answer by
+    answer; one that does not (vLLM) is asked for its `/weight_info` once the batch is
+    back: a server that restarted during the call reports its initial version there.
+    A server that dies during the call is marked down by the client, which re-sends its
+    chunks to the others; when every server left is one that came back with other weights
+    (NoServerInRotation), they are admitted and the call redone. Raises RuntimeError
+    after three stale answers (or such redos) in a row.
     """
     for _ in range(3):
-        completions = await t.services.generation.generate(requests)
+        await admit_servers(t)
+        gen = t.services.generation
+        try:
+            completions = await gen.generate(requests)
+        except NoServerInRotation as exc:  # restarted during the call: admit, then redo
+            t.log.note(f"{exc}; pushing version {t.weight_version} to them and redoing")
+            continue
         expected = str(t.weight_version)
         stale = {c.base_url for c in completions if c.weight_version not in (None, expected)}
         if any(c.weight_version is None for c in completions):
-            versions = await t.services.generation.weight_versions()
+            versions = await gen.weight_versions(gen.rotation)
             stale |= {url for url, v in versions.items() if v != expected}
         if not stale:
             return completions
@@ -265,6 +276,24 @@ async def generate(t: Trainer, requests: list[GenerationRequest]) -> list[Comple
         t.counts.stale_repushes += 1
         await push_weights(t)
     raise RuntimeError("generation servers keep answering with stale weights")
+
+
+async def admit_servers(t: Trainer) -> None:
+    """Before a round, every server the client may pick serves the current weights.
+
+    The client re-probes its fleet (`GenerationClient.refresh`): the servers in rotation,
+    and those marked down whose re-probe time has come. One that reports another weight
+    version (restarted on the same address, or back from down) is held out of rotation,
+    gets the current weights pushed to it alone (same version, checked by the landing
+    probe), and only then joins the rotation. Not counted in `stale_repushes` (no stale
+    answer was drawn, and the version does not move); the log notes it.
+    """
+    gen = t.services.generation
+    held = await gen.refresh(str(t.weight_version))
+    if not held:
+        return
+    t.log.note(f"{held} serve another weight version; pushing version {t.weight_version} first")
+    await update_servers(t, held)
 
 
 async def score(t: Trainer, plan: am.Plan, completions: list[Completion]) -> list[list[float]]:
@@ -353,17 +382,36 @@ async def read_allocator_counts(t: Trainer) -> None:
 
 
 async def push_weights(t: Trainer) -> list[LandingReport]:
-    """Push the policy to every server as the next version, then check it landed.
+    """Push the policy to every server not marked down as the next version, then check it
+    landed; from now on the client samples only from servers reporting that version.
 
-    Raises WeightLandingError (step, server, largest difference) when a server's
-    logprobs disagree with the pushed weights: no rollout is drawn from them.
+    A server unreachable during the push is marked down; it gets the weights when it is
+    back, before it is used (`admit_servers`). Raises WeightLandingError (step, server,
+    largest difference) when a server's logprobs disagree with the pushed weights: no
+    rollout is drawn from them.
     """
     t.weight_version += 1
-    await t.services.weights.push(t.policy.model, t.weight_version)
-    if t.services.landing is None:
+    gen = t.services.generation
+    gen.required_version = str(t.weight_version)
+    return await update_servers(t, [url for url in gen.base_urls if url not in gen.down])
+
+
+async def update_servers(t: Trainer, urls: list[str]) -> list[LandingReport]:
+    """Push the current weights (`t.weight_version`) to `urls`, let those reached into the
+    client's rotation and check it landed on them; the unreachable ones are marked down."""
+    gen = t.services.generation
+    reached = list(urls)
+    try:
+        await t.services.weights.push(t.policy.model, t.weight_version, urls)
+    except ServersUnreachable as exc:
+        t.log.note(f"weight push: {exc}; marked down until they answer again")
+        for url in exc.urls:
+            gen.mark_down(url)
+        reached = [url for url in urls if url not in exc.urls]
+    gen.mark_current(reached)
+    if t.services.landing is None or not reached:
         return []
-    urls = t.services.generation.base_urls
-    return await t.services.landing.check(t.policy.model, urls, t.weight_version, t.step)
+    return await t.services.landing.check(t.policy.model, reached, t.weight_version, t.step)
 
 
 def count_fields(t: Trainer) -> dict[str, int]:

@@ -13,6 +13,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "allocator": ("pilot_commit.bench.allocator", "plan/results latency and Redis memory at scale"),
     "verifier": ("pilot_commit.bench.verifier", "scoring throughput vs math-verify in-process"),
     "generation": ("pilot_commit.bench.generation", "server tokens/s vs in-process generate"),
+    "fleet": ("pilot_commit.bench.fleet", "rollout share and wall time over a fast + slow fleet"),
     "efficiency": ("pilot_commit.bench.efficiency", "rollouts to target: GRPO, DAPO, Pilot-Commit"),
 }
 

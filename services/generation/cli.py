@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int)
     serve.add_argument("--batch-window-ms", type=float)
     serve.add_argument("--max-batch-wait-ms", type=float)
+    serve.add_argument(
+        "--decode-step-delay-ms", type=float,
+        help="sleep after every decoding step: a deliberately slow server (benchmarks)",
+    )  # fmt: skip
     serve.add_argument("--weights-dir", help="base of relative update_info.path values")
     serve.add_argument("--served-model-name")
     serve.add_argument(
@@ -86,6 +90,7 @@ def run_vllm(args: argparse.Namespace) -> int:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["model", "device", "dtype", "max_batch_size", "batch_window_ms"]
     names += ["max_batch_wait_ms", "weights_dir", "served_model_name", "token"]
+    names += ["decode_step_delay_ms"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -8,6 +8,19 @@ most `max_prompts_per_request` prompts and `max_sequences_per_request` sequences
 (prompts x n), each chunk goes to the base URL with the fewest
 outstanding requests, and a chunk that fails with a transport error or a 5xx is retried
 with backoff, on whichever server is then least loaded. 4xx answers are not retried.
+
+A fleet of servers (one client, several base URLs):
+- a server that cannot be reached (refused, reset, killed mid-request) is marked *down*:
+  it gets no chunk until a re-probe (`GET /weight_info`, at the next `generate` or
+  `refresh` once `reprobe_s` has passed) finds it answering; its failed chunks are re-sent
+  to the servers still up, so each request is answered once, by one server;
+- with `required_version` set (the trainer sets it to the version it pushed), a server
+  that answers with another weight version is *held*: out of rotation until a refresh
+  finds it reporting the required version (the trainer pushes to it in between);
+- `max_outstanding_per_server` (default: no cap) makes the balancing by outstanding
+  requests work within one batch: without a cap every chunk of a batch is sent at once,
+  split evenly whatever each server's speed; with a cap, chunks wait in the client for a
+  free slot, so a faster server takes more of them.
 """
 
 from __future__ import annotations
@@ -15,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -30,6 +45,8 @@ from services.generation.models import (
     ModelList,
     Prompt,
 )
+
+log = logging.getLogger(__name__)
 
 # Where each server kind reports its weight version: vLLM (and the embedded server), SGLang.
 VERSION_PATHS = ("/weight_info", "/model_info")
@@ -143,11 +160,25 @@ def chunk_seed(seed: int, first_index: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+class NoServerInRotation(ServiceUnavailable):
+    """Every server that answers is held for another weight version, and the others are
+    down: waiting cannot help, a push to `held` can (the trainer's `admit_servers`)."""
+
+    def __init__(self, held: list[str], down: list[str]) -> None:
+        self.held, self.down = held, down
+        super().__init__(
+            f"no generation server in rotation: {held} serve another weight version than "
+            f"the required one, {down} are down"
+        )
+
+
 class GenerationClient:
     """Balances `/v1/completions` calls over several servers by outstanding requests.
 
     `token` is sent as `Authorization: Bearer` on every call; None reads
-    PC_GENERATION_TOKEN (unset: no header).
+    PC_GENERATION_TOKEN (unset: no header). `max_outstanding_per_server`: most calls in
+    flight per server (None: no cap); `reprobe_s`: seconds a server marked down waits
+    before it is probed again. Fleet states (module docstring): `down`, `held`, `rotation`.
     """
 
     def __init__(
@@ -160,6 +191,8 @@ class GenerationClient:
         policy: RetryPolicy | None = None,
         max_prompts_per_request: int = 32,
         max_sequences_per_request: int = 256,
+        max_outstanding_per_server: int | None = None,
+        reprobe_s: float = 5.0,
     ) -> None:
         if not base_urls:
             raise ValueError("GenerationClient needs at least one base URL")
@@ -170,6 +203,15 @@ class GenerationClient:
         # The embedded server's default max_batch_size; vLLM and SGLang take any size.
         self.max_sequences = max_sequences_per_request
         self.outstanding = dict.fromkeys(self.base_urls, 0)
+        if max_outstanding_per_server is not None and max_outstanding_per_server < 1:
+            raise ValueError("max_outstanding_per_server must be at least 1 (or None)")
+        self.max_outstanding = max_outstanding_per_server
+        self.reprobe_s = reprobe_s
+        self.required_version: str | None = None
+        self.down: dict[str, float] = {}  # unreachable server -> when to re-probe it (monotonic)
+        self.held: set[str] = set()  # reachable, but not serving `required_version`
+        self.served = dict.fromkeys(self.base_urls, 0)  # chunks answered, per server
+        self._slot_freed = asyncio.Condition()
         self._tie_break = itertools.count()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256), headers=bearer(token, TOKEN_ENV)
@@ -186,16 +228,85 @@ class GenerationClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _pick(self) -> str:
-        """The server with the fewest outstanding requests; ties rotate."""
-        turn = next(self._tie_break) % len(self.base_urls)
-        order = self.base_urls[turn:] + self.base_urls[:turn]
+    @property
+    def rotation(self) -> list[str]:
+        """The servers chunks may go to: neither down nor held, in base-URL order."""
+        return [url for url in self.base_urls if url not in self.down and url not in self.held]
+
+    def _pick(self) -> str | None:
+        """The server in rotation with the fewest outstanding requests (ties rotate) that is
+        under `max_outstanding_per_server`; None when there is none."""
+        rotation = self.rotation
+        if self.max_outstanding is not None:
+            rotation = [url for url in rotation if self.outstanding[url] < self.max_outstanding]
+        if not rotation:
+            return None
+        turn = next(self._tie_break) % len(rotation)
+        order = rotation[turn:] + rotation[:turn]
         return min(order, key=lambda url: self.outstanding[url])
+
+    def mark_down(self, url: str) -> None:
+        """Take `url` out of rotation until a re-probe `reprobe_s` from now finds it up."""
+        if url not in self.down:
+            log.warning("generation server %s is down; re-probing it in %gs", url, self.reprobe_s)
+        self.down[url] = time.monotonic() + self.reprobe_s
+        self.held.discard(url)
+
+    def mark_current(self, urls: Sequence[str]) -> None:
+        """`urls` serve `required_version` now (the caller just pushed it to them): they
+        leave the held set and the down list."""
+        for url in urls:
+            self.held.discard(url)
+            self.down.pop(url, None)
+
+    async def refresh(
+        self, required_version: str | None = None, *, live: bool = True, force: bool = False
+    ) -> list[str]:
+        """Re-probe the fleet; returns the servers held for another weight version.
+
+        `required_version` (when given) becomes `self.required_version`. Probed with
+        `GET /weight_info` (`weight_version`): the servers down whose re-probe time has
+        come (every one with `force`), the held ones and, with `live` and a required
+        version, the ones in rotation too (a server restarted between two calls reports its
+        initial version). Unreachable or 5xx: marked down. Reporting the required version
+        (or any, when none is required): in rotation. Otherwise: held.
+        Raises ServiceError for a 4xx (a wrong token, say).
+        """
+        if required_version is not None:
+            self.required_version = required_version
+        now = time.monotonic()
+        urls = [u for u, due in self.down.items() if force or due <= now] + sorted(self.held)
+        if live and self.required_version is not None:
+            urls += [url for url in self.rotation if url not in urls]
+        if urls:
+            await asyncio.gather(*(self._probe(url) for url in urls))
+        return sorted(self.held)
+
+    async def _probe(self, url: str) -> None:
+        try:
+            version = await weight_version(
+                self._http, url, policy=RetryPolicy(attempts=1), timeout=self.timeout
+            )
+        except ServiceUnavailable:
+            self.mark_down(url)
+            return
+        except ServiceError as exc:
+            if exc.status < 500:
+                raise
+            self.mark_down(url)
+            return
+        if url in self.down:
+            log.warning("generation server %s answers again (weight version %s)", url, version)
+        self.down.pop(url, None)
+        if self.required_version is None or version == self.required_version:
+            self.held.discard(url)
+        else:
+            self.held.add(url)
 
     async def model_name(self) -> str:
         """The configured model, or the first one the first reachable server serves."""
         if self.model is None:
-            url = self._pick()
+            url = self._pick() or self.base_urls[0]
             response = await request(
                 self._http, "generation", "GET", f"{url}/v1/models",
                 policy=self.policy, timeout=self.timeout,
@@ -204,12 +315,28 @@ class GenerationClient:
         return self.model
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """One Completion per request, in order; chunks run concurrently over the servers."""
+        """One Completion per request, in order; chunks run concurrently over the servers.
+
+        Starts with a `refresh(live=False)`: servers down whose re-probe time has come are
+        probed (no call when none is down). Raises NoServerInRotation at once when every
+        server that answers is held for another weight version (only a push can help),
+        ServiceUnavailable when a chunk found no server to answer it within
+        `policy.attempts` attempts; either way the batch's other calls are cancelled.
+        """
+        await self.refresh(live=False)
         model = await self.model_name()
         chunks = plan_chunks(requests, self.max_prompts, self.max_sequences)
-        results = await asyncio.gather(
-            *(self._run_chunk([requests[i] for i in chunk], model, chunk[0]) for chunk in chunks)
-        )
+        tasks = [
+            asyncio.ensure_future(self._run_chunk([requests[i] for i in c], model, c[0]))
+            for c in chunks
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # the batch has failed: stop its other calls too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         ordered: list[Completion | None] = [None] * len(requests)
         for chunk, completions in zip(chunks, results, strict=True):
             for index, completion in zip(chunk, completions, strict=True):
@@ -246,25 +373,51 @@ class GenerationClient:
         body = self._body(chunk, model, first_index)
         last_error: Exception | None = None
         for attempt in range(self.policy.attempts):
-            url = self._pick()
-            try:
-                response = await self._post_once(url, body)
-            except ServiceError as exc:
-                if exc.status < 500:
-                    raise
-                last_error = exc
-            except ServiceUnavailable as exc:
-                last_error = exc
+            url = await self._slot()
+            if url is None:
+                last_error = ServiceUnavailable(
+                    f"no generation server in rotation (down: {sorted(self.down)}, "
+                    f"held for another weight version: {sorted(self.held)})"
+                )
             else:
-                parsed = CompletionResponse.model_validate(response.json())
-                return split_completions(parsed, chunk[0].n, len(chunk), url)
+                try:
+                    response = await self._post_once(url, body)
+                except ServiceError as exc:
+                    if exc.status < 500:
+                        raise
+                    last_error = exc
+                except ServiceUnavailable as exc:
+                    # Refused, reset or killed mid-request: nothing came back, so re-sending
+                    # the chunk elsewhere cannot answer any request twice.
+                    self.mark_down(url)
+                    last_error = exc
+                else:
+                    parsed = CompletionResponse.model_validate(response.json())
+                    self.served[url] += 1
+                    return split_completions(parsed, chunk[0].n, len(chunk), url)
             if attempt + 1 < self.policy.attempts:
                 await asyncio.sleep(self.policy.delay(attempt))
+                if not self.rotation:  # every server down or held: see whether one is back
+                    await self.refresh(live=False, force=True)
+                    if not self.rotation and self.held:
+                        raise NoServerInRotation(sorted(self.held), sorted(self.down))
         raise ServiceUnavailable(f"generation failed on every attempt: {last_error}")
 
+    async def _slot(self) -> str | None:
+        """A server for the next call, waiting while every server in rotation is at
+        `max_outstanding_per_server`; None when none is in rotation."""
+        async with self._slot_freed:
+            while True:
+                url = self._pick()
+                if url is not None or not self.rotation:
+                    if url is not None:
+                        self.outstanding[url] += 1  # taken before another waiter can see it
+                    return url
+                await self._slot_freed.wait()
+
     async def _post_once(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        """One attempt on one server; the retry loop above may move to another server."""
-        self.outstanding[url] += 1
+        """One attempt on one server (its slot already taken by `_slot`); the retry loop
+        above may move to another server."""
         try:
             return await request(
                 self._http, "generation", "POST", f"{url}/v1/completions",
@@ -272,12 +425,15 @@ class GenerationClient:
             )  # fmt: skip
         finally:
             self.outstanding[url] -= 1
+            async with self._slot_freed:
+                self._slot_freed.notify_all()
 
-    async def weight_versions(self) -> dict[str, str | None]:
-        """Each server's committed weight version: `GET /weight_info` (vLLM, embedded),
-        falling back to `GET /model_info` (SGLang)."""
-        versions = await asyncio.gather(*(self._version(url) for url in self.base_urls))
-        return dict(zip(self.base_urls, versions, strict=True))
+    async def weight_versions(self, urls: Sequence[str] | None = None) -> dict[str, str | None]:
+        """Each server's committed weight version (of `urls`, default every base URL):
+        `GET /weight_info` (vLLM, embedded), falling back to `GET /model_info` (SGLang)."""
+        urls = list(self.base_urls if urls is None else urls)
+        versions = await asyncio.gather(*(self._version(url) for url in urls))
+        return dict(zip(urls, versions, strict=True))
 
     async def _version(self, url: str) -> str | None:
         return await weight_version(self._http, url, policy=self.policy, timeout=self.timeout)

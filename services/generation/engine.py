@@ -296,6 +296,7 @@ class Engine:
         with self.barrier.step():
             logits = self._forward(ids, mask, positions, cache)
             first = last = self.weight_version
+        self._slow_down()
         while True:
             tokens = self._sample_step(logits, sampler, state)
             if all(state.done):
@@ -308,8 +309,15 @@ class Engine:
             with self.barrier.step():
                 logits = self._forward(tokens[:, None], mask, positions, cache)
                 last = self.weight_version
+            self._slow_down()
         state.finalize_texts()
         return state.outputs, first, last
+
+    def _slow_down(self) -> None:
+        """`decode_step_delay_ms` of sleep after a step, outside the step barrier (so
+        weight updates and pauses are not held up by it)."""
+        if self.settings.decode_step_delay_ms:
+            time.sleep(self.settings.decode_step_delay_ms / 1000)
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache

@@ -76,6 +76,13 @@ class GenerationSettings(BaseSettings):
     seed: int | None = Field(
         default=None, description="Seed of the shared sampler for unseeded requests."
     )
+    decode_step_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10000.0,
+        description="Sleep this long after every decoding step (0: none). A deliberately "
+        "slow server, for measuring how clients balance a fleet; never set in production.",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads on CPU; unset keeps torch's."
     )

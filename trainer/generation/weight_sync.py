@@ -13,6 +13,11 @@ every push that the servers compute with the pushed weights.
   {"model_path", "load_format", "abort_all_requests", "weight_version"} per server.
 
 Versions go over the wire as strings, as both vLLM and SGLang type them.
+
+A fleet: `push(..., urls=...)` updates a subset (the trainer passes the servers that are
+not down, or a server that came back); the HTTP adapters update every reachable server
+and then raise `ServersUnreachable` (a ServiceUnavailable) naming the ones that could not
+be reached after the retries, so the caller can take them out of rotation and go on.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -44,11 +50,26 @@ log = logging.getLogger(__name__)
 WeightSyncKind = Literal["vllm", "vllm_nccl", "sglang"]
 
 
+class ServersUnreachable(ServiceUnavailable):
+    """Some servers of a push could not be reached; every other one was updated.
+
+    `urls`: the unreachable servers, in the order they were given.
+    """
+
+    def __init__(self, urls: list[str], detail: str) -> None:
+        self.urls = urls
+        super().__init__(
+            f"generation unreachable at {', '.join(urls)} during a weight push: {detail}"
+        )
+
+
 class WeightSync(Protocol):
     """What the trainer calls after an optimiser step."""
 
-    async def push(self, weights: Weights, version: int) -> None:
-        """Make every server serve `weights`, reporting `version`; returns when all do."""
+    async def push(self, weights: Weights, version: int, urls: Sequence[str] | None = None) -> None:
+        """Make every server (of `urls`, default all) serve `weights`, reporting `version`;
+        returns when all do. HTTP adapters raise ServersUnreachable after updating every
+        server they could reach."""
         ...
 
     async def current_versions(self) -> dict[str, str | None]:
@@ -96,6 +117,26 @@ class _HttpAdapter:
         versions = await asyncio.gather(*(self._version(url) for url in self.base_urls))
         return dict(zip(self.base_urls, versions, strict=True))
 
+    def _targets(self, urls: Sequence[str] | None) -> list[str]:
+        if urls is None:
+            return list(self.base_urls)
+        targets = [url.rstrip("/") for url in urls]
+        unknown = sorted(set(targets) - set(self.base_urls))
+        if unknown:
+            raise ValueError(f"not servers of this weight sync: {unknown}")
+        return targets
+
+    async def _each(self, urls: list[str], update: Callable[[str], Awaitable[None]]) -> None:
+        """`update` every server concurrently; other errors first, then ServersUnreachable
+        for the ones that could not be reached (the others were all updated)."""
+        results = await asyncio.gather(*(update(url) for url in urls), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ServiceUnavailable):
+                raise result
+        failed = [(u, r) for u, r in zip(urls, results, strict=True) if r is not None]
+        if failed:
+            raise ServersUnreachable([u for u, _ in failed], str(failed[0][1]))
+
     async def _version(self, url: str) -> str | None:
         return await weight_version(self._http, url, policy=self.policy, timeout=self.timeout)
 
@@ -135,13 +176,16 @@ class VLLMReloadSync(_HttpAdapter):
         self.weights_dir, self.pause_mode = Path(weights_dir), pause_mode
         self.keep_checkpoints, self.model_files_from = keep_checkpoints, model_files_from
 
-    async def push(self, weights: Weights, version: int) -> None:
+    async def push(self, weights: Weights, version: int, urls: Sequence[str] | None = None) -> None:
+        targets = self._targets(urls)
         path = await asyncio.to_thread(
             write_checkpoint, weights, self.weights_dir, version,
             model_files_from=self.model_files_from, untie_embeddings=True,
         )  # fmt: skip
-        await asyncio.gather(*(self._update(url, path, version) for url in self.base_urls))
-        await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
+        try:
+            await self._each(targets, lambda url: self._update(url, path, version))
+        finally:
+            await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
 
     async def _update(self, url: str, path: Path, version: int) -> None:
         """Pause, reload, version, resume; on a transport error the whole sequence is redone.
@@ -241,10 +285,13 @@ class VLLMNcclSync(_HttpAdapter):
         self._engines: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
 
-    async def push(self, weights: Weights, version: int) -> None:
+    async def push(self, weights: Weights, version: int, urls: Sequence[str] | None = None) -> None:
         if not isinstance(weights, torch.nn.Module):
             raise TypeError("vllm_nccl streams from the model itself: pass the torch module")
+        targets = set(self._targets(urls))
         for url, port in zip(self.base_urls, self.ports, strict=True):
+            if url not in targets:
+                continue
             async with _Paused(self, url):
                 if url not in self._engines:
                     size = await self._call("GET", f"{url}/get_world_size")
@@ -298,7 +345,8 @@ class SGLangDiskSync(_HttpAdapter):
         self.weights_dir, self.abort_all_requests = Path(weights_dir), abort_all_requests
         self.keep_checkpoints, self.model_files_from = keep_checkpoints, model_files_from
 
-    async def push(self, weights: Weights, version: int) -> None:
+    async def push(self, weights: Weights, version: int, urls: Sequence[str] | None = None) -> None:
+        targets = self._targets(urls)
         path = await asyncio.to_thread(
             write_checkpoint, weights, self.weights_dir, version,
             model_files_from=self.model_files_from,
@@ -308,8 +356,10 @@ class SGLangDiskSync(_HttpAdapter):
             abort_all_requests=self.abort_all_requests,
             weight_version=str(version),
         ).model_dump()
-        await asyncio.gather(*(self._update(url, body) for url in self.base_urls))
-        await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
+        try:
+            await self._each(targets, lambda url: self._update(url, body))
+        finally:
+            await asyncio.to_thread(prune_checkpoints, self.weights_dir, self.keep_checkpoints)
 
     async def _update(self, url: str, body: dict[str, Any]) -> None:
         response = await self._call("POST", f"{url}/update_weights_from_disk", json=body)
@@ -352,6 +402,7 @@ def build_weight_sync(
 
 __all__ = [
     "SGLangDiskSync",
+    "ServersUnreachable",
     "VLLMNcclSync",
     "VLLMReloadSync",
     "WeightSync",
