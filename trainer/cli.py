@@ -185,6 +185,7 @@ async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: L
         config.model.device,
         config.model.dtype,
         total_steps=config.run.steps,
+        gradient_checkpointing=config.model.gradient_checkpointing,
     )
     run_id = config.run.run_id or output.resolve().name
     async with clients(config, urls, output, data) as services:

@@ -359,11 +359,12 @@ async def push_weights(t: Trainer) -> list[LandingReport]:
     logprobs disagree with the pushed weights: no rollout is drawn from them.
     """
     t.weight_version += 1
-    await t.services.weights.push(t.policy.model, t.weight_version)
+    model = t.policy.weights_for_push()  # several ranks: the gathered full state dict
+    await t.services.weights.push(model, t.weight_version)
     if t.services.landing is None:
         return []
     urls = t.services.generation.base_urls
-    return await t.services.landing.check(t.policy.model, urls, t.weight_version, t.step)
+    return await t.services.landing.check(model, urls, t.weight_version, t.step)
 
 
 def count_fields(t: Trainer) -> dict[str, int]:
