@@ -13,7 +13,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -174,6 +174,10 @@ class Policy:
                 self._mismatch(*args)
             elif kind == "gather":
                 distributed.full_state_dict(self.model)
+            elif kind == "save":
+                self._save_sharded(*args)
+            elif kind == "load":
+                self._load_sharded(*args)
             else:
                 raise ValueError(f"unknown command {kind!r} from rank 0")
 
@@ -390,15 +394,64 @@ class Policy:
             total, tokens = distributed.all_reduce_sum([total, tokens], self.device)
         return total / max(tokens, 1.0)
 
+    # ---- checkpoints ----
+
     def state(self) -> dict[str, object]:
+        """What trainer.pt keeps of the policy. One process: the model's, the optimiser's
+        and the scheduler's state dicts. Several ranks: the scheduler's and `sharded`;
+        the model and optimiser go to `save_sharded`'s DCP files beside it."""
+        if self.ranks is not None:
+            return {"scheduler": self.scheduler.state_dict(), "sharded": True}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def save_sharded(self, directory: Path) -> None:
+        """Rank 0, several ranks: every rank writes its shards of the model and the
+        optimiser state into `directory` with torch.distributed.checkpoint (`.metadata`
+        and one `__<rank>_0.distcp` per rank; the directory must be the same path on
+        every rank: one node, or a shared filesystem)."""
+        self._send("save", str(directory))
+        self._save_sharded(str(directory))
+
+    def _save_sharded(self, directory: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=directory)
+
+    def load_state(self, state: dict[str, object], directory: Path | None = None) -> None:
+        """Put back what `state` (and, for a sharded checkpoint, the DCP files in
+        `directory`) hold. DCP reshards: a checkpoint saved by N ranks loads on any number
+        of ranks, one process included. Raises ValueError for a one-process checkpoint on
+        several ranks (its optimiser state is keyed by parameter order, not sharded), and
+        for a sharded one without `directory`."""
+        if state.get("sharded"):
+            if directory is None:
+                raise ValueError("a sharded policy state needs the directory of its DCP files")
+            self._send("load", str(directory), state["scheduler"])
+            self._load_sharded(str(directory), state["scheduler"])  # type: ignore[arg-type]
+            return
+        if self.ranks is not None:
+            raise ValueError(
+                "this checkpoint was saved by one process (full state in trainer.pt): "
+                "resume it with one process; several ranks resume sharded (DCP) checkpoints"
+            )
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[arg-type]
+
+    def _load_sharded(self, directory: str, scheduler: dict[str, Any]) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        dcp.load({"model": model, "optimizer": optimizer}, checkpoint_id=directory)
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=model, optim_state_dict=optimizer
+        )
+        self.scheduler.load_state_dict(scheduler)

@@ -166,3 +166,67 @@ def test_gradient_checkpointing_recomputes_layers_and_takes_the_same_step(tmp_pa
     assert calls == [2, 3]
     assert results[1]["loss"] == pytest.approx(results[0]["loss"], rel=1e-6)
     assert results[1]["grad_norm"] == pytest.approx(results[0]["grad_norm"], rel=1e-5)
+
+
+def _checkpoint_main(
+    rank: int, world: int, port: int, model: Path, batch: Any, directory: Path, mode: str
+) -> None:
+    """save: one step, save the shards, one more step; load: load, one step. Rank 0
+    writes the step's loss and the pushed weights to `directory/<mode>-<world>.pt`.
+    world 1: this process, no process group."""
+    ranks = None
+    if world > 1:
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        torch.set_num_threads(1)
+        ranks = distributed.from_env()
+    policy = Policy(model, OPTIM, "cpu", "float32", ranks=ranks, total_steps=4)
+    if ranks is not None and not ranks.driver:
+        policy.follow()
+        distributed.close()
+        return
+    torch.manual_seed(5)
+    if mode == "save":
+        policy.train_step(batch)
+        state = policy.state()
+        policy.save_sharded(directory)
+        torch.save(state, directory / "policy.pt")
+    else:
+        policy.load_state(torch.load(directory / "policy.pt"), directory=directory)
+    torch.manual_seed(7)
+    stats = policy.train_step(batch)
+    weights = {k: v.detach().clone() for k, v in policy.weights_for_push().state_dict().items()}
+    torch.save({"stats": stats, "weights": weights}, directory / f"{mode}-{world}.pt")
+    policy.stop()
+    distributed.close()
+
+
+@pytest.mark.slow  # three spawned runs: about a minute on the shared cores
+def test_sharded_checkpoint_resumes_on_two_ranks_and_on_one(tmp_path: Path) -> None:
+    """Saved by 2 ranks (DCP), then the next step taken straight on, after a resume on 2
+    ranks, and after a resume in one process: the same step each time."""
+    model = small_model(tmp_path / "model")
+    batch, directory = groups(), tmp_path / "ckpt"
+    directory.mkdir()
+    for world, mode in ((2, "save"), (2, "load")):
+        args = (world, free_port(), model, batch, directory, mode)
+        mp.start_processes(_checkpoint_main, args=args, nprocs=world, start_method="spawn")
+    assert sorted(p.name for p in directory.iterdir() if p.suffix == ".distcp") == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    _checkpoint_main(0, 1, 0, model, batch, directory, "load")  # one process, no torchrun
+    straight = torch.load(directory / "save-2.pt")
+    for resumed in (torch.load(directory / "load-2.pt"), torch.load(directory / "load-1.pt")):
+        assert resumed["stats"]["loss"] == pytest.approx(straight["stats"]["loss"], rel=1e-5)
+        assert resumed["stats"]["grad_norm"] == pytest.approx(
+            straight["stats"]["grad_norm"], rel=1e-5
+        )
+        assert resumed["stats"]["lr"] == straight["stats"]["lr"]
+        for name, value in straight["weights"].items():
+            torch.testing.assert_close(resumed["weights"][name], value, rtol=0, atol=1e-6, msg=name)
