@@ -33,7 +33,7 @@ from services.generation.client import GenerationClient
 from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
-from trainer import distributed, loop
+from trainer import distributed, loop, run_checkpoint
 from trainer.config import TrainerConfig, load_config, save_config
 from trainer.distributed import Ranks
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
@@ -228,10 +228,11 @@ def follow(config: TrainerConfig, ranks: Ranks) -> int:
     return 0
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str], output: Path) -> int:
     """`--nproc N`: run this command again under torchrun (`torch.distributed.run
     --standalone`, N ranks on this node) and return its exit status. A stop signal
-    reaches torchrun, which stops the ranks."""
+    reaches torchrun, which stops the ranks; a rank that fails makes torchrun stop the
+    others, and this says which checkpoint the same command resumes from."""
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -244,7 +245,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     command += [f"--nproc-per-node={nproc}", "-m", "pilot_commit.cli", "train", *rest]
     proc = subprocess.Popen(command)
     try:
-        return proc.wait()
+        status = proc.wait()
+        if status != 0:
+            checkpoint = run_checkpoint.latest(output)
+            resume = f"from {checkpoint}" if checkpoint else "from the start (no checkpoint yet)"
+            print(
+                f"pilot-commit train: a trainer rank failed (torchrun exit status {status}; "
+                f"its report above names the rank); the same command resumes {resume}",
+                file=sys.stderr,
+            )
+        return status
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -277,15 +287,15 @@ def main(argv: list[str]) -> int:
     if args.nproc < 1:
         parser.error("--nproc must be at least 1")
     ranks = distributed.from_env()
+    output = args.output or Path("runs") / args.config.stem
     if args.nproc > 1 and ranks is None:
-        return launch(args.nproc, argv)
+        return launch(args.nproc, argv, output)
     if ranks is not None and not ranks.driver:
         return follow(load_config(args.config, env_overrides() + args.overrides), ranks)
     config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
     if ranks is not None:
         distributed.init(ranks, config.model.device)
         distributed.broadcast(config)
-    output = args.output or Path("runs") / args.config.stem
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.json")
     console = Console()
