@@ -242,7 +242,7 @@ def launch(nproc: int, argv: list[str], output: Path) -> int:
         elif not arg.startswith("--nproc="):
             rest.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc-per-node={nproc}", "-m", "pilot_commit.cli", "train", *rest]
+    command += [f"--nproc-per-node={nproc}", "-m", "trainer.cli", *rest]
     proc = subprocess.Popen(command)
     try:
         status = proc.wait()
@@ -313,3 +313,10 @@ def main(argv: list[str]) -> int:
             distributed.close()
     console.print(f"done: metrics in {output / 'metrics.jsonl'}")
     return 0
+
+
+if __name__ == "__main__":  # each rank that `launch` starts (pilot_commit.cli's signals)
+    from services.common.procs import stop_on_signals
+
+    with stop_on_signals():
+        raise SystemExit(main(sys.argv[1:]))
