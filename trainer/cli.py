@@ -1,4 +1,8 @@
-"""`pilot-commit train CONFIG`: one RL run, start to finish.
+"""`pilot-commit train CONFIG [--nproc N]`: one RL run, start to finish.
+
+`--nproc N` (or `torchrun --nproc-per-node N -m pilot_commit.cli train CONFIG`) trains
+on N ranks (trainer/distributed.py): rank 0 starts or reaches the services and runs the
+loop, the others join each training step.
 
 Services come from `[services]` (or PC_TRAINER_* variables, see `env_overrides`); where
 none are given, the embedded stack (Redis, allocator, verifier, generation server) is
@@ -13,6 +17,8 @@ import contextlib
 import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,8 +33,9 @@ from services.generation.client import GenerationClient
 from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
-from trainer import loop
+from trainer import distributed, loop, run_checkpoint
 from trainer.config import TrainerConfig, load_config, save_config
+from trainer.distributed import Ranks
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
 from trainer.generation.weight_sync import build_weight_sync
 from trainer.logbook import Logbook
@@ -170,26 +177,91 @@ async def clients(
                 await client.aclose()
 
 
-async def train(config: TrainerConfig, output: Path, urls: StackUrls, logbook: Logbook) -> None:
+def build_policy(config: TrainerConfig, ranks: Ranks | None = None) -> Policy:
+    """The run's policy from `[model]` and `[optim]`, sharded over `ranks` if given."""
+    assert config.model.path
+    return Policy(
+        config.model.path,
+        config.optim,
+        config.model.device,
+        config.model.dtype,
+        total_steps=config.run.steps,
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        ranks=ranks,
+        mixed_precision=config.model.mixed_precision,
+    )
+
+
+async def train(
+    config: TrainerConfig,
+    output: Path,
+    urls: StackUrls,
+    logbook: Logbook,
+    ranks: Ranks | None = None,
+) -> None:
     """Build the run's parts (data, policy, service clients) and run the loop
-    (trainer/loop.py: `run`)."""
+    (trainer/loop.py: `run`). With several ranks this is rank 0's part; the others
+    follow (`follow`), and are released when the run ends."""
     assert config.model.path and config.data.train_path and config.data.test_path
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     data = load_dataset(config.data.train_path, config, tokenizer)
     eval_data = load_dataset(config.data.test_path, config, tokenizer)
-    policy = Policy(
-        config.model.path,
-        config.optim,
-        config.model.device,
-        config.model.dtype,
-        total_steps=config.run.steps,
-    )
+    policy = build_policy(config, ranks)
     run_id = config.run.run_id or output.resolve().name
     async with clients(config, urls, output, data) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook, output)
         await loop.run(trainer)
+    policy.stop()
+
+
+def follow(config: TrainerConfig, ranks: Ranks) -> int:
+    """A rank other than 0: rank 0's resolved config, then the policy's share of each
+    collective step until rank 0 ends the run."""
+    distributed.init(ranks, config.model.device)
+    config = distributed.broadcast()
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
+    build_policy(config, ranks).follow()
+    distributed.close()
+    return 0
+
+
+def launch(nproc: int, argv: list[str], output: Path) -> int:
+    """`--nproc N`: run this command again under torchrun (`torch.distributed.run
+    --standalone`, N ranks on this node) and return its exit status. A stop signal
+    reaches torchrun, which stops the ranks; a rank that fails makes torchrun stop the
+    others, and this says which checkpoint the same command resumes from."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={nproc}", "-m", "trainer.cli", *rest]
+    proc = subprocess.Popen(command)
+    try:
+        status = proc.wait()
+        if status != 0:
+            checkpoint = run_checkpoint.latest(output)
+            resume = f"from {checkpoint}" if checkpoint else "from the start (no checkpoint yet)"
+            print(
+                f"pilot-commit train: a trainer rank failed (torchrun exit status {status}; "
+                f"its report above names the rank); the same command resumes {resume}",
+                file=sys.stderr,
+            )
+        return status
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def main(argv: list[str]) -> int:
@@ -204,9 +276,26 @@ def main(argv: list[str]) -> int:
         metavar="KEY=VALUE",
         help="override a config value, e.g. optim.lr=3e-4",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="trainer ranks on this node: >1 starts torchrun, which shards the policy with "
+        "FSDP2 (rank 0 drives the services); default 1, one process",
+    )
     args = parser.parse_args(argv)
-    config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
+    if args.nproc < 1:
+        parser.error("--nproc must be at least 1")
+    ranks = distributed.from_env()
     output = args.output or Path("runs") / args.config.stem
+    if args.nproc > 1 and ranks is None:
+        return launch(args.nproc, argv, output)
+    if ranks is not None and not ranks.driver:
+        return follow(load_config(args.config, env_overrides() + args.overrides), ranks)
+    config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
+    if ranks is not None:
+        distributed.init(ranks, config.model.device)
+        distributed.broadcast(config)
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.json")
     console = Console()
@@ -215,9 +304,19 @@ def main(argv: list[str]) -> int:
             services_for(config, output, console) as urls,
             Logbook(output, config.run.steps, console) as logbook,
         ):
-            asyncio.run(train(config, output, urls, logbook))
+            asyncio.run(train(config, output, urls, logbook, ranks))
     except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
+    finally:
+        if ranks is not None:
+            distributed.close()
     console.print(f"done: metrics in {output / 'metrics.jsonl'}")
     return 0
+
+
+if __name__ == "__main__":  # each rank that `launch` starts (pilot_commit.cli's signals)
+    from services.common.procs import stop_on_signals
+
+    with stop_on_signals():
+        raise SystemExit(main(sys.argv[1:]))

@@ -70,7 +70,23 @@ class ModelSection(_Section):
         None, description="Hugging Face model directory; default: the tiny model when data.tiny."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the policy trains.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training dtype.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Training dtype; with several ranks, the dtype of the sharded master "
+        "weights and the optimiser state (keep float32 there: `mixed_precision` sets the "
+        "compute dtype).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each decoder layer's activations in the backward pass instead "
+        "of keeping them (less memory, about one more forward's compute).",
+    )
+    mixed_precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Several ranks (FSDP2) only: `bf16` computes with bfloat16 parameters and "
+        "reduces gradients in float32; `fp32` computes and reduces in float32; `auto`: bf16 "
+        "on CUDA, fp32 on CPU. One rank trains in `dtype` as before.",
+    )
 
 
 class ServicesSection(_Section):

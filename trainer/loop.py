@@ -401,8 +401,9 @@ async def update_servers(t: Trainer, urls: list[str]) -> list[LandingReport]:
     client's rotation and check it landed on them; the unreachable ones are marked down."""
     gen = t.services.generation
     reached = list(urls)
+    model = t.policy.weights_for_push()  # several ranks: the gathered full state dict
     try:
-        await t.services.weights.push(t.policy.model, t.weight_version, urls)
+        await t.services.weights.push(model, t.weight_version, urls)
     except ServersUnreachable as exc:
         t.log.note(f"weight push: {exc}; marked down until they answer again")
         for url in exc.urls:
@@ -411,7 +412,7 @@ async def update_servers(t: Trainer, urls: list[str]) -> list[LandingReport]:
     gen.mark_current(reached)
     if t.services.landing is None or not reached:
         return []
-    return await t.services.landing.check(t.policy.model, reached, t.weight_version, t.step)
+    return await t.services.landing.check(model, reached, t.weight_version, t.step)
 
 
 def count_fields(t: Trainer) -> dict[str, int]:

@@ -4,7 +4,10 @@ the crash-safe layout that makes any instant of a save survivable.
 A checkpoint is two files: `trainer.pt` (torch.save of the policy and its optimiser,
 the stored pilot rollouts, the trainer's own counts, the step, the weight version, the
 wall time and the torch and Python RNG states) and `allocator.json` (the allocator's
-snapshot of the run, taken after the step completed). `save_run` writes both;
+snapshot of the run, taken after the step completed). A run on several ranks keeps the
+model and optimiser out of trainer.pt: each rank writes its shards into the same
+directory with torch.distributed.checkpoint (`.metadata`, `__<rank>_0.distcp`), which
+any number of ranks, one process included, can load (Policy.load_state). `save_run` writes both;
 `resume_or_create` puts a run back in its latest checkpoint's state (the trainer's side
 and the allocator's), or creates the allocator run when there is none.
 
@@ -194,6 +197,8 @@ async def save_run(t: Trainer) -> Path:
     snapshot = await t.services.allocator.snapshot(t.run_id)
 
     def write(directory: Path) -> None:
+        if t.policy.ranks is not None:  # every rank writes its shards (DCP) here first
+            t.policy.save_sharded(directory)
         torch.save(trainer_state(t), directory / "trainer.pt")
         (directory / "allocator.json").write_text(snapshot.model_dump_json())
 
@@ -220,7 +225,7 @@ def load_trainer_state(t: Trainer, path: Path) -> None:
     import torch
 
     state = torch.load(path, weights_only=False)
-    t.policy.load_state(state["policy"])
+    t.policy.load_state(state["policy"], directory=path.parent)
     t.pilots = RolloutStore(state["pilots"])
     counts = state.get("counts") or {
         "rollouts_zero_variance": state["tally"]["rollouts_zero_variance"]
