@@ -66,9 +66,8 @@ def one_rank_step(model: Path, optim: OptimSection, batch: list[list[Rollout]]) 
     return {"stats": stats, "mismatch": mismatch, "weights": weights}
 
 
-def _rank_main(
-    rank: int, world: int, port: int, model: Path, optim: OptimSection, batch: Any, out: Path
-) -> None:
+def join(rank: int, world: int, port: int) -> Ranks | None:
+    """This spawned process as `rank` of `world` gloo ranks on loopback, one thread each."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -77,7 +76,13 @@ def _rank_main(
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    ranks = distributed.from_env()
+    return distributed.from_env()
+
+
+def _rank_main(
+    rank: int, world: int, port: int, model: Path, optim: OptimSection, batch: Any, out: Path
+) -> None:
+    ranks = join(rank, world, port)
     assert ranks == Ranks(rank, world, rank)
     torch.manual_seed(0)
     policy = Policy(model, optim, "cpu", "float32", ranks=ranks)
@@ -176,15 +181,7 @@ def _checkpoint_main(
     world 1: this process, no process group."""
     ranks = None
     if world > 1:
-        os.environ.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-        torch.set_num_threads(1)
-        ranks = distributed.from_env()
+        ranks = join(rank, world, port)
     policy = Policy(model, OPTIM, "cpu", "float32", ranks=ranks, total_steps=4)
     if ranks is not None and not ranks.driver:
         policy.follow()
