@@ -189,10 +189,6 @@ def s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def opt_s(value: bytes | str | None) -> str | None:
-    return None if value is None else s(value)
-
-
 def chunks(names: list[T], size: int = 500) -> Iterable[list[T]]:
     return (names[i : i + size] for i in range(0, len(names), size))
 
