@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from services.common.devices import pick_device
 from services.generation.models import FinishReason
-from services.generation.sampling import find_stop, raw_logprobs, sample_tokens
+from services.generation.sampling import find_stop, sample_tokens, sampling_logprobs
 from services.generation.settings import GenerationSettings
 from services.generation.step_barrier import StepBarrier
 from services.generation.weights import WeightLoadError, check_against, copy_into
@@ -289,13 +289,21 @@ class Engine:
         """Decode `specs` together; return outputs and the first and last weight versions."""
         state = BatchState(specs, self.eos_ids, self.tokenizer)
         sampler = self._sampler_inputs(specs)
-        ids, mask = left_pad([s.prompt_ids for s in specs], self.pad_id)
+        # Each distinct prompt is prefilled once; its sequences (a group's n samples)
+        # share its cache rows and first logits: a prompt of 80 tokens sampled 16 times
+        # costs one 80-token prefill, not 16.
+        unique, rows = distinct_prompts([s.prompt_ids for s in specs])
+        ids, mask = left_pad(unique, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with self.barrier.step():
             logits = self._forward(ids, mask, positions, cache)
             first = last = self.weight_version
+        index = torch.tensor(rows, device=self.device)
+        if len(unique) < len(specs):
+            cache.reorder_cache(cast(torch.LongTensor, index))
+        logits, mask, positions = logits[index], mask[index], positions[index]
         self._slow_down()
         while True:
             tokens = self._sample_step(logits, sampler, state)

@@ -107,7 +107,9 @@ class CompletionLogProbs(BaseModel):
     tokens: list[str] = Field(default_factory=list, description="Each generated token's text.")
     token_logprobs: list[float] = Field(
         default_factory=list,
-        description="Raw model log-probability (before temperature/top-p) of each sampled token.",
+        description="Log-probability of each sampled token under the distribution it was "
+        "sampled from: log_softmax(logits / temperature), renormalised over the top-p "
+        "nucleus (vLLM's processed_logprobs); greedy: the raw log_softmax.",
     )
     top_logprobs: list[dict[str, float]] | None = Field(
         default=None, description="The k most likely tokens at each step, when logprobs=k>0."

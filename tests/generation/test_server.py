@@ -13,11 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.generation.models import CompletionResponse, ModelList
 
 
-def forward_logprobs(model_dir: Path, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    """Log-probabilities of `completion` after `prompt` from one plain forward pass."""
+def forward_logprobs(
+    model_dir: Path, prompt: list[int], completion: list[int], temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probabilities of `completion` after `prompt` from one plain forward pass of
+    logits / `temperature`."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0].float()
+        logits = model(torch.tensor([prompt + completion])).logits[0].float() / temperature
     logprobs = logits.log_softmax(-1)[len(prompt) - 1 : -1]
     return logprobs.gather(1, torch.tensor(completion)[:, None])[:, 0]
 
@@ -47,6 +50,25 @@ def test_n_samples_with_logprobs_matching_a_forward_pass(
     assert result.weight_version == "0"
     assert result.usage.prompt_tokens == len(prompt)
     assert result.usage.completion_tokens == sum(len(c.token_ids or []) for c in result.choices)
+
+
+def test_logprobs_at_temperature_are_of_logits_over_t(
+    server_url: str, tiny_model_dir: Path
+) -> None:
+    """At T = 0.7 each token's logprob is log_softmax(logits / 0.7) of a plain forward
+    pass (vLLM's processed_logprobs), not the raw model's: what the trainer recomputes."""
+    prompt = AutoTokenizer.from_pretrained(tiny_model_dir).encode("12+34=")
+    result = complete(
+        server_url, prompt=prompt, n=4, max_tokens=12, temperature=0.7, logprobs=0,
+        return_token_ids=True, seed=2,
+    )  # fmt: skip
+    for choice in result.choices:
+        assert choice.logprobs is not None and choice.token_ids
+        served = torch.tensor(choice.logprobs.token_logprobs)
+        tempered = forward_logprobs(tiny_model_dir, prompt, choice.token_ids, 0.7)
+        assert torch.allclose(served, tempered, atol=1e-4), (served - tempered).abs().max()
+        raw = forward_logprobs(tiny_model_dir, prompt, choice.token_ids)
+        assert not torch.allclose(served, raw, atol=1e-3)
 
 
 def test_text_prompts_are_prompt_major_and_seeds_reproduce(server_url: str) -> None:
