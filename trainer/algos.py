@@ -87,9 +87,17 @@ def policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     return PolicyLossOutput(loss, clip_fraction.detach(), kl, tis_weight)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """log p(target) per position: logits [N, T, V], targets [N, T] -> [N, T] (fp32)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """log p(target) per position under the distribution sampled at `temperature`:
+    log_softmax(logits / T); logits [N, T, V], targets [N, T] -> [N, T] (fp32).
+
+    The generation servers report the sampled distribution's logprobs (vLLM's
+    processed_logprobs, services/generation/sampling.py), and TRL's GRPOTrainer and verl's
+    dp_actor divide by the temperature the same way: at T != 1 raw logits would give the
+    PPO ratio, TIS and the landing check another policy than the one sampled.
+    """
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    logp = torch.log_softmax(scaled, dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 

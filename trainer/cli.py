@@ -144,6 +144,7 @@ def landing_probe(config: TrainerConfig, data: Dataset) -> LandingProbe | None:
         data.prompt_tokens[: s.landing_prompts],
         tolerance=s.landing_tolerance or default_tolerance(dtype),
         max_tokens=min(config.sampling.max_tokens, 16),
+        temperature=config.sampling.temperature,
         timeout=s.request_timeout_s,
     )
 
@@ -189,6 +190,7 @@ def build_policy(config: TrainerConfig, ranks: Ranks | None = None) -> Policy:
         gradient_checkpointing=config.model.gradient_checkpointing,
         ranks=ranks,
         mixed_precision=config.model.mixed_precision,
+        temperature=config.sampling.temperature,
     )
 
 

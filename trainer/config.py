@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.allocator.configs import AnyStrategyConfig
 
@@ -145,8 +145,21 @@ class ServicesSection(_Section):
 
 class SamplingSection(_Section):
     max_tokens: int = Field(16, ge=1, description="Completion length limit.")
-    temperature: float = Field(1.0, ge=0.0, description="Rollout sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling.")
+    temperature: float = Field(
+        1.0,
+        gt=0.0,
+        description="Rollout sampling temperature (> 0: GRPO needs sampled groups). The "
+        "trainer scores tokens with logits / temperature, the distribution the servers sample "
+        "and report logprobs for.",
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling. Below 1 the servers report logprobs of the truncated, "
+        "renormalised distribution, which the trainer does not recompute: refused with TIS "
+        "(`optim.tis_cap`), whose weights compare the two.",
+    )
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
 
 
@@ -211,6 +224,17 @@ class TrainerConfig(_Section):
         description="Sent to the allocator: `strategy` (grpo | dapo | pilot_commit | ...) "
         "and its parameters."
     )
+
+    @model_validator(mode="after")
+    def _consistent_logprobs(self) -> TrainerConfig:
+        if self.optim.tis_cap is not None and self.sampling.top_p < 1.0:
+            raise ValueError(
+                f"sampling.top_p = {self.sampling.top_p} with optim.tis_cap: the servers report "
+                "logprobs of the top-p truncated distribution and the trainer those of the whole "
+                "one, so TIS would weight tokens by their difference; set top_p = 1 or tis_cap "
+                "unset"
+            )
+        return self
 
 
 def _parse_value(raw: str) -> Any:

@@ -349,15 +349,9 @@ def collect(
 
 
 def train(t: Trainer, groups: list[list[Rollout]]) -> dict[str, float]:
-    """One optimiser step on the groups: the policy's losses and statistics, and the
-    trainer/generator logprob mismatch (before the update) when TIS is on."""
-    mismatch = None
-    if t.cfg.optim.tis_cap:
-        mismatch = t.policy.mismatch([r for g in groups for r in g])
-    losses = t.policy.train_step(groups)
-    if mismatch is not None:
-        losses["logprob_mismatch"] = mismatch
-    return losses
+    """One optimiser step on the groups: the policy's losses and statistics, with the
+    trainer/generator logprob mismatch before the update (`logprob_mismatch`)."""
+    return t.policy.train_step(groups)
 
 
 async def complete_step(t: Trainer) -> None:

@@ -5,6 +5,17 @@ this module re-scores them with the trainer's model, forms group advantages and 
 `mini_batches` optimiser updates with gradient accumulation over micro-batches. The model
 stays in eval mode throughout: dropout is off for scoring and for the updates, whatever
 the model's config sets.
+
+Every logprob here is of the distribution the rollouts were sampled from: the logits are
+divided by the sampling temperature before the log-softmax (as TRL's GRPOTrainer and
+verl's dp_actor do), which is what the generation servers report
+(services/generation/sampling.py). A micro-batch is laid out as verl's actor and TRL lay
+it out: prompts left-padded to one width, completions right-padded after them, position
+ids counted from each row's first real token, so the logits of the completion positions
+alone are computed (`logits_to_keep`): the prompt's share of the 49k-wide output
+projection and log-softmax, most of a short completion's tokens, is never paid. With one
+mini-batch per step the PPO ratio is exactly 1, so the old logprobs are the update's own,
+detached, instead of a second no-grad pass.
 """
 
 from __future__ import annotations
@@ -45,12 +56,13 @@ class Rollout:
 
 @dataclass
 class _Batch:
-    ids: Tensor  # [N, L] right-padded prompt + completion
-    attention: Tensor  # [N, L]
-    targets: Tensor  # [N, L-1] next tokens
-    mask: Tensor  # [N, L-1] 1 where the target is a completion token
-    gen_logprobs: Tensor  # [N, L-1] aligned with targets
-    old_logprobs: Tensor  # [N, L-1] aligned with targets (zeros when not given)
+    ids: Tensor  # [N, P + C] prompts left-padded to P tokens, then completions right-padded to C
+    attention: Tensor  # [N, P + C] 1 on real tokens
+    positions: Tensor  # [N, P + C] position ids, 0 at each row's first prompt token
+    targets: Tensor  # [N, C] completion tokens (pad where the row's completion ended)
+    mask: Tensor  # [N, C] 1 on real completion tokens
+    gen_logprobs: Tensor  # [N, C] the generation server's logprobs
+    old_logprobs: Tensor | None  # [N, C] before this step's updates; None: the update's own
 
 
 def collate(
@@ -59,22 +71,46 @@ def collate(
     device: torch.device,
     old_logprobs: Sequence[Sequence[float]] | None = None,
 ) -> _Batch:
-    """Right-pad prompt + completion; align per-completion-token values with targets."""
-    seqs = [r.prompt_ids + r.completion_ids for r in rollouts]
-    n, width = len(seqs), max(len(s) for s in seqs)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    mask, gen, old = (torch.zeros((n, width - 1)) for _ in range(3))
-    for i, (seq, r) in enumerate(zip(seqs, rollouts, strict=True)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attention[i, : len(seq)] = 1
-        start = len(r.prompt_ids) - 1  # logits at t predict token t + 1
-        span = slice(start, start + len(r.completion_ids))
-        mask[i, span] = 1.0
-        gen[i, span] = torch.tensor(r.gen_logprobs[: len(r.completion_ids)])
+    """Left-pad the prompts and right-pad the completions of `rollouts` (module docstring);
+    per-completion-token values line up with `targets`."""
+    n = len(rollouts)
+    width_p = max(len(r.prompt_ids) for r in rollouts)
+    width_c = max(1, max(len(r.completion_ids) for r in rollouts))
+    ids = torch.full((n, width_p + width_c), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width_p + width_c), dtype=torch.long)
+    mask, gen, old = (torch.zeros((n, width_c)) for _ in range(3))
+    for i, r in enumerate(rollouts):
+        p, c = len(r.prompt_ids), len(r.completion_ids)
+        ids[i, width_p - p : width_p] = torch.tensor(r.prompt_ids)
+        ids[i, width_p : width_p + c] = torch.tensor(r.completion_ids, dtype=torch.long)
+        attention[i, width_p - p : width_p + c] = 1
+        mask[i, :c] = 1.0
+        gen[i, :c] = torch.tensor(r.gen_logprobs[:c])
         if old_logprobs is not None:
-            old[i, span] = torch.tensor(old_logprobs[i])
-    return _Batch(*(t.to(device) for t in (ids, attention, ids[:, 1:], mask, gen, old)))
+            old[i, :c] = torch.tensor(old_logprobs[i])
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    targets = ids[:, width_p:]
+    return _Batch(
+        ids=ids.to(device),
+        attention=attention.to(device),
+        positions=positions.to(device),
+        targets=targets.to(device),
+        mask=mask.to(device),
+        gen_logprobs=gen.to(device),
+        old_logprobs=old.to(device) if old_logprobs is not None else None,
+    )
+
+
+# What `_update` sums over micro-batches and ranks (mismatch_*: |old - gen| and its tokens).
+_SUMMED = (
+    "loss",
+    "clip_fraction",
+    "kl",
+    "tis_weight",
+    "grad_norm",
+    "mismatch_sum",
+    "mismatch_tokens",
+)
 
 
 class Policy:
@@ -83,7 +119,7 @@ class Policy:
     `ranks` None: one process on `device`, as always. `ranks` given (torchrun, world > 1,
     the process group already joined: trainer.distributed.init): the model is sharded
     with FSDP2 (one unit per decoder layer and the root, `mixed_precision` its policy);
-    rank 0 calls the public methods (train_step, mismatch, weights_for_push, state,
+    rank 0 calls the public methods (train_step, weights_for_push, state,
     load_state) and each of them first sends the other ranks, which wait in `follow`,
     the command to join it; `stop` ends their wait.
     """
@@ -99,7 +135,13 @@ class Policy:
         gradient_checkpointing: bool = False,
         ranks: Ranks | None = None,
         mixed_precision: Literal["auto", "bf16", "fp32"] = "auto",
+        temperature: float = 1.0,
     ) -> None:
+        if temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (the logits are divided by it): {temperature}"
+            )
+        self.temperature = temperature
         self.ranks = ranks
         self.rank, self.world = (ranks.rank, ranks.world_size) if ranks else (0, 1)
         self.device = distributed.init(ranks, device) if ranks else pick_device(device)
@@ -170,8 +212,6 @@ class Policy:
                 return
             if kind == "train":
                 self._train(*args)
-            elif kind == "mismatch":
-                self._mismatch(*args)
             elif kind == "gather":
                 distributed.full_state_dict(self.model)
             elif kind == "save":
@@ -201,10 +241,16 @@ class Policy:
     # ---- scoring and training ----
 
     def _logprobs(self, model: PreTrainedModel, batch: _Batch) -> Tensor:
-        logits = model(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False).logits[
-            :, :-1
-        ]
-        return token_logprobs(logits, batch.targets)
+        """[N, C] logprobs of `batch.targets` under `model` at the sampling temperature;
+        the logits of the completion positions alone are computed."""
+        logits = model(
+            input_ids=batch.ids,
+            attention_mask=batch.attention,
+            position_ids=batch.positions,
+            use_cache=False,
+            logits_to_keep=batch.targets.shape[1] + 1,
+        ).logits[:, :-1]
+        return token_logprobs(logits, batch.targets, self.temperature)
 
     def _idle_pass(self, backward: bool) -> None:
         """A rank with no rollouts left in a micro-batch its peers still run: a forward
@@ -240,7 +286,9 @@ class Policy:
         return max(1, -(-widest_share // self.optim_cfg.micro_batch_rollouts))
 
     def train_step(self, groups: Sequence[Sequence[Rollout]]) -> dict[str, float]:
-        """One policy-gradient step over complete train groups; returns loss metrics.
+        """One policy-gradient step over complete train groups; returns loss metrics and
+        `logprob_mismatch`, the mean |log pi_trainer - log pi_generator| per completion
+        token before the update (both at the sampling temperature).
 
         With several ranks (rank 0 calls it): the groups and the shuffle go to every rank,
         each rank computes the group advantages and trains on its share of each
@@ -271,23 +319,19 @@ class Policy:
             list(range(s, min(s + mini, len(rollouts)))) for s in range(0, len(rollouts), mini)
         ]
         shares = [m[self.rank :: self.world] for m in minis]
-        mine = [i for share in shares for i in share]
-        widest = sum(-(-len(m) // self.world) for m in minis)
-        old_mine = self._old_logprobs([rollouts[i] for i in mine], self._micro_count(widest))
-        old = dict(zip(mine, old_mine, strict=True))
-        totals: dict[str, float] = {
-            "loss": 0.0,
-            "clip_fraction": 0.0,
-            "kl": 0.0,
-            "tis_weight": 0.0,
-            "grad_norm": 0.0,
-        }
+        old: dict[int, list[float]] | None = None
+        if len(minis) > 1:  # later updates need the logprobs from before the first one
+            mine = [i for share in shares for i in share]
+            widest = sum(-(-len(m) // self.world) for m in minis)
+            old_mine = self._old_logprobs([rollouts[i] for i in mine], self._micro_count(widest))
+            old = dict(zip(mine, old_mine, strict=True))
+        totals: dict[str, float] = dict.fromkeys(_SUMMED, 0.0)
         lr = self.optimizer.param_groups[0]["lr"]
         for m, share in zip(minis, shares, strict=True):
             stats = self._update(
                 [rollouts[i] for i in share],
                 adv[share],
-                [old[i] for i in share],
+                [old[i] for i in share] if old is not None else None,
                 normalizer=float(sum(len(rollouts[i].completion_ids) for i in m)) or 1.0,
                 mini_size=len(m),
                 micro_count=self._micro_count(-(-len(m) // self.world)),
@@ -295,53 +339,60 @@ class Policy:
             for key, value in stats.items():
                 totals[key] += value
         self.scheduler.step()
-        return {**{key: value / len(minis) for key, value in totals.items()}, "lr": lr}
+        mismatch = totals.pop("mismatch_sum") / max(totals.pop("mismatch_tokens"), 1.0)
+        metrics = {key: value / len(minis) for key, value in totals.items()}
+        return {**metrics, "logprob_mismatch": mismatch, "lr": lr}
 
     @torch.no_grad()
     def _old_logprobs(
         self, rollouts: Sequence[Rollout], micro_count: int | None = None
     ) -> list[list[float]]:
-        """Completion-token logprobs before any update (the PPO ratio's denominator)."""
+        """Completion-token logprobs before any update (the PPO ratio's denominator when a
+        step takes several mini-batch updates)."""
         out: list[list[float]] = []
         for micro in self._micro_batches(rollouts, micro_count):
             if not micro:
                 self._idle_pass(backward=False)
                 continue
-            batch = collate(micro, self.pad_id, self.device)
-            logp = self._logprobs(self.model, batch)
-            for i, r in enumerate(micro):
-                start = len(r.prompt_ids) - 1
-                out.append(logp[i, start : start + len(r.completion_ids)].tolist())
+            logp = self._logprobs(self.model, collate(micro, self.pad_id, self.device))
+            out += [logp[i, : len(r.completion_ids)].tolist() for i, r in enumerate(micro)]
         return out
 
     def _update(
         self,
         rollouts: Sequence[Rollout],
         adv: Tensor,
-        old: Sequence[Sequence[float]],
+        old: Sequence[Sequence[float]] | None,
         *,
         normalizer: float,
         mini_size: int,
         micro_count: int | None,
     ) -> dict[str, float]:
         """One optimiser update on this rank's share of a mini-batch (`mini_size`
-        rollouts, `normalizer` completion tokens, over all ranks)."""
+        rollouts, `normalizer` completion tokens, over all ranks); `old` None: the update's
+        own logprobs, detached, are the old ones (one update per step)."""
         cfg = self.optim_cfg
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "tis_weight": 0.0}
+        sums = dict.fromkeys(_SUMMED, 0.0)
+        sums.pop("grad_norm")
         done = 0
         for micro in self._micro_batches(rollouts, micro_count):
             if not micro:
                 self._idle_pass(backward=True)
                 continue
-            batch = collate(micro, self.pad_id, self.device, old[done : done + len(micro)])
-            out = policy_loss(self._loss_input(batch, adv[done : done + len(micro)], normalizer))
+            batch_old = old[done : done + len(micro)] if old is not None else None
+            batch = collate(micro, self.pad_id, self.device, batch_old)
+            inp = self._loss_input(batch, adv[done : done + len(micro)], normalizer)
+            out = policy_loss(inp)
             # FSDP averages gradients over the ranks; each rank's loss is already its
             # share of the whole mini-batch's, so scale by the world to get their sum.
             (out.loss * self.world if self.world > 1 else out.loss).backward()
             sums["loss"] += out.loss.item()
             for key in ("clip_fraction", "kl", "tis_weight"):
                 sums[key] += float(getattr(out, key)) / mini_size * len(micro)
+            gap = (inp.old_logprobs - batch.gen_logprobs).abs() * batch.mask
+            sums["mismatch_sum"] += float(gap.sum())
+            sums["mismatch_tokens"] += float(batch.mask.sum())
             done += len(micro)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -359,9 +410,11 @@ class Policy:
         if self.reference is not None:
             with torch.no_grad():
                 ref = self._logprobs(self.reference, batch)
+        logprobs = self._logprobs(self.model, batch)
+        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
         return PolicyLossInput(
-            logprobs=self._logprobs(self.model, batch),
-            old_logprobs=batch.old_logprobs,
+            logprobs=logprobs,
+            old_logprobs=old,
             advantages=adv.to(self.device),
             mask=batch.mask,
             normalizer=normalizer,
@@ -372,27 +425,6 @@ class Policy:
             ref_logprobs=ref,
             kl_coef=cfg.kl_coef,
         )
-
-    def mismatch(self, rollouts: Sequence[Rollout]) -> float:
-        """Mean |log pi_trainer - log pi_generator| over completion tokens."""
-        self._send("mismatch", list(rollouts))
-        return self._mismatch(rollouts)
-
-    @torch.no_grad()
-    def _mismatch(self, rollouts: Sequence[Rollout]) -> float:
-        share = rollouts[self.rank :: self.world]
-        total, tokens = 0.0, 0.0
-        for micro in self._micro_batches(share, self._micro_count(-(-len(rollouts) // self.world))):
-            if not micro:
-                self._idle_pass(backward=False)
-                continue
-            batch = collate(micro, self.pad_id, self.device)
-            logp = self._logprobs(self.model, batch)
-            total += float(((logp - batch.gen_logprobs).abs() * batch.mask).sum())
-            tokens += float(batch.mask.sum())
-        if self.world > 1:
-            total, tokens = distributed.all_reduce_sum([total, tokens], self.device)
-        return total / max(tokens, 1.0)
 
     # ---- checkpoints ----
 

@@ -55,15 +55,16 @@ def groups(sizes: tuple[int, ...] = (4, 4, 3)) -> list[list[Rollout]]:
 OPTIM = OptimSection(
     lr=1e-3, micro_batch_rollouts=2, mini_batches=2, tis_cap=2.0, kl_coef=0.05, grad_clip=0.5
 )
+# Rollouts sampled at T = 0.7: every logprob is of logits / T (trainer/policy.py).
+TEMPERATURE = 0.7
 
 
 def one_rank_step(model: Path, optim: OptimSection, batch: list[list[Rollout]]) -> dict[str, Any]:
     torch.manual_seed(0)
-    policy = Policy(model, optim, "cpu", "float32")
-    mismatch = policy.mismatch([r for g in batch for r in g])
+    policy = Policy(model, optim, "cpu", "float32", temperature=TEMPERATURE)
     stats = policy.train_step(batch)
     weights = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
-    return {"stats": stats, "mismatch": mismatch, "weights": weights}
+    return {"stats": stats, "weights": weights}
 
 
 def join(rank: int, world: int, port: int) -> Ranks | None:
@@ -85,14 +86,13 @@ def _rank_main(
     ranks = join(rank, world, port)
     assert ranks == Ranks(rank, world, rank)
     torch.manual_seed(0)
-    policy = Policy(model, optim, "cpu", "float32", ranks=ranks)
+    policy = Policy(model, optim, "cpu", "float32", ranks=ranks, temperature=TEMPERATURE)
     if ranks.driver:
-        mismatch = policy.mismatch([r for g in batch for r in g])
         stats = policy.train_step(batch)
         pushed = policy.weights_for_push()
         weights = {k: v.detach().clone() for k, v in pushed.state_dict().items()}
         policy.stop()
-        torch.save({"stats": stats, "mismatch": mismatch, "weights": weights}, out)
+        torch.save({"stats": stats, "weights": weights}, out)
     else:
         policy.follow()
     distributed.close()
@@ -113,23 +113,25 @@ def assert_same_step(one: dict[str, Any], many: dict[str, Any]) -> None:
     tis_weight metrics are means of per-micro-batch token means, so they depend on how
     the rollouts fall into micro-batches, as they do in one process with another
     micro_batch_rollouts; the loss is normalised over the mini-batch's tokens.)"""
-    for key in ("loss", "grad_norm"):
+    for key in ("loss", "grad_norm", "logprob_mismatch"):
         assert many["stats"][key] == pytest.approx(one["stats"][key], rel=1e-5, abs=1e-9), key
-    assert many["mismatch"] == pytest.approx(one["mismatch"], rel=1e-5)
     assert many["weights"].keys() == one["weights"].keys()
     for name, value in one["weights"].items():
         torch.testing.assert_close(many["weights"][name], value, rtol=0, atol=1e-5, msg=name)
 
 
-def test_two_gloo_ranks_take_the_one_process_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mini_batches", [2, 1], ids=["old-logprob-pass", "one-update"])
+def test_two_gloo_ranks_take_the_one_process_step(tmp_path: Path, mini_batches: int) -> None:
+    optim = OPTIM.model_copy(update={"mini_batches": mini_batches})
     model = small_model(tmp_path / "model")
     batch = groups()
-    one = one_rank_step(model, OPTIM, batch)
-    start = Policy(model, OPTIM, "cpu", "float32").model.state_dict()
+    one = one_rank_step(model, optim, batch)
+    start = Policy(model, optim, "cpu", "float32").model.state_dict()
     moved = max((one["weights"][k] - v).abs().max().item() for k, v in start.items())
     assert moved > 1e-4  # the step changed the weights: the comparison below means something
     assert one["stats"]["grad_norm"] > 0
-    assert_same_step(one, sharded_step(tmp_path, model, OPTIM, batch))
+    assert one["stats"]["logprob_mismatch"] > 0
+    assert_same_step(one, sharded_step(tmp_path, model, optim, batch))
 
 
 def test_from_env_is_none_for_one_process(monkeypatch: pytest.MonkeyPatch) -> None:

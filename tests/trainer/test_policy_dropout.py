@@ -1,5 +1,5 @@
 """The policy scores with dropout off: a model whose config sets dropout gives the same
-old logprobs, mismatch and loss on every pass (trainer/policy.py)."""
+old logprobs and loss on every pass (trainer/policy.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from trainer.config import OptimSection
-from trainer.policy import Policy, Rollout
+from trainer.policy import Policy, Rollout, collate
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 
 
@@ -38,9 +38,12 @@ def test_two_scoring_passes_agree_exactly_with_dropout_in_the_config(tmp_path: P
     assert policy.model.config.attention_dropout == 0.1
     batch = rollouts()
     assert policy._old_logprobs(batch) == policy._old_logprobs(batch)
-    assert policy.mismatch(batch) == policy.mismatch(batch)
-    # The first update's ratio is exactly 1 (old logprobs and the loss's logprobs agree):
-    # nothing is clipped even with the narrowest clip range.
+    # The update's forward (with grad) gives the no-grad pass's logprobs: with one
+    # mini-batch the update's own logprobs are the old ones, and with several the first
+    # update's ratio is 1 (nothing is clipped even with the narrowest clip range).
+    with torch.enable_grad():
+        scored = policy._logprobs(policy.model, collate(batch, policy.pad_id, policy.device))
+    assert torch.allclose(scored.detach(), torch.tensor(policy._old_logprobs(batch)), atol=1e-6)
     narrow = OptimSection(mini_batches=1, clip_low=1e-6, clip_high=1e-6)
     policy = Policy(tmp_path / "m", narrow, "cpu", "float32")
     assert policy.train_step([batch[:2], batch[2:]])["clip_fraction"] == 0.0

