@@ -9,6 +9,13 @@ most `max_prompts_per_request` prompts and `max_sequences_per_request` sequences
 outstanding requests, and a chunk that fails with a transport error or a 5xx is retried
 with backoff, on whichever server is then least loaded. 4xx answers are not retried.
 
+A seeded request is sent alone, one prompt per call with a seed of its own
+(`chunk_seed`): a call carries one seed, and vLLM seeds each prompt of a call from it
+alone (child i of every prompt gets seed + i, vllm#50440), so the prompts of one call
+would draw the same noise and their samples would be correlated: an evaluation's
+accuracy far noisier than its standard error says, and a round's rewards correlated
+across prompts.
+
 A fleet of servers (one client, several base URLs):
 - a server that cannot be reached (refused, reset, killed mid-request) is marked *down*:
   it gets no chunk until a re-probe (`GET /weight_info`, at the next `generate` or
@@ -131,7 +138,8 @@ def plan_chunks(
     """Indices of `requests` grouped so each group is one call: same n, same sampling.
 
     A call holds at most `max_prompts` prompts and, when `max_sequences` is given, at most
-    that many sequences (prompts x n; a single prompt whose n exceeds it goes alone).
+    that many sequences (prompts x n; a single prompt whose n exceeds it goes alone). A
+    seeded request goes alone (module docstring: a seed belongs to one prompt).
     """
     by_key: dict[tuple[object, ...], list[int]] = {}
     for index, req in enumerate(requests):
@@ -139,22 +147,25 @@ def plan_chunks(
         by_key.setdefault(key, []).append(index)
     chunks = []
     for indices in by_key.values():
-        size = max_prompts
+        first = requests[indices[0]]
+        size = max_prompts if first.sampling.seed is None else 1
         if max_sequences is not None:
-            size = max(1, min(max_prompts, max_sequences // max(1, requests[indices[0]].n)))
+            size = max(1, min(size, max_sequences // max(1, first.n)))
         chunks += [indices[i : i + size] for i in range(0, len(indices), size)]
     return chunks
 
 
 def chunk_seed(seed: int, first_index: int) -> int:
     """The seed one call carries: derived from the batch's seed and the index of the call's
-    first request, so that chunks of one seeded batch draw independent noise.
+    first request (its only one: a seeded request is sent alone), so that the prompts of
+    one seeded batch draw independent noise.
 
     Servers seed a call's sequences from the call's seed (the embedded server as
-    seed x stride + sequence index), so sending the batch's seed with every chunk would
-    give sequence i of every chunk the same noise: samples of different prompts would be
-    correlated and an evaluation's accuracy far noisier than its binomial error says.
-    Chunking is deterministic, so a retried or resumed batch gets the same seeds.
+    seed x stride + sequence index, vLLM as seed + sample index), so sending the batch's
+    seed with every call would give sample i of every prompt the same noise: samples of
+    different prompts would be correlated and an evaluation's accuracy far noisier than
+    its binomial error says. Chunking is deterministic, so a retried or resumed batch gets
+    the same seeds. 56 bits: distinct calls' seeds (and vLLM's seed + i) do not meet.
     """
     digest = hashlib.blake2b(f"{seed}:{first_index}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "big")

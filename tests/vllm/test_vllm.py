@@ -67,6 +67,54 @@ async def test_completions_contract(vllm_server: VLLMServer, vllm_assets: Path) 
     assert set(versions) == {vllm_server.url}
 
 
+async def test_logprobs_at_temperature_are_of_logits_over_t(
+    vllm_server: VLLMServer, vllm_assets: Path
+) -> None:
+    """At T = 0.7 vLLM (started with `--logprobs-mode processed_logprobs`) reports each
+    token's log_softmax(logits / 0.7) of a plain forward pass, as the embedded server and
+    the trainer compute it; its default mode would report the raw model's."""
+    model = AutoModelForCausalLM.from_pretrained(vllm_server.model_dir).eval()
+    ids = prompts(vllm_assets, 4)
+    params = SamplingParams(max_tokens=8, temperature=0.7, seed=11)
+    async with GenerationClient([vllm_server.url]) as client:
+        served = await client.generate([GenerationRequest(p, 2, params) for p in ids])
+    tokens = 0
+    for prompt, completion in zip(ids, served, strict=True):
+        for sample in completion.samples:
+            tempered = reference_logprobs(model, prompt, sample.token_ids, 0.7)
+            assert sample.logprobs == pytest.approx(tempered, abs=1e-4)
+            raw = reference_logprobs(model, prompt, sample.token_ids)
+            assert sample.logprobs != pytest.approx(raw, abs=1e-3)
+            tokens += len(sample.token_ids)
+    assert tokens >= 16
+
+
+async def test_prompts_of_one_seeded_batch_draw_independent_noise(
+    vllm_server: VLLMServer, vllm_assets: Path
+) -> None:
+    """vLLM seeds every prompt of one call from the call's seed alone (sample i of each
+    prompt: seed + i, vllm#50440): eight copies of a prompt in one call come back
+    identical. The client sends a seeded request alone with a seed of its own, so the
+    same eight copies through it are independent draws (and still reproducible)."""
+    prompt = prompts(vllm_assets, 1)[0]
+    # T = 2: independent draws of 8 tokens from a flattened distribution all differ.
+    body = {"model": str(vllm_server.model_dir), "prompt": [prompt] * 8, "max_tokens": 8,
+            "temperature": 2.0, "seed": 5, "return_token_ids": True}  # fmt: skip
+    async with httpx.AsyncClient(timeout=120) as http:
+        models = (await http.get(f"{vllm_server.url}/v1/models")).json()
+        body["model"] = models["data"][0]["id"]
+        response = await http.post(f"{vllm_server.url}/v1/completions", json=body)
+    one_call = {tuple(c["token_ids"]) for c in response.json()["choices"]}
+    assert len(one_call) == 1  # the server's behaviour the client works around
+    params = SamplingParams(max_tokens=8, temperature=2.0, seed=5)
+    async with GenerationClient([vllm_server.url]) as client:
+        first = await client.generate([GenerationRequest(prompt, 1, params)] * 8)
+        again = await client.generate([GenerationRequest(prompt, 1, params)] * 8)
+    drawn = [tuple(c.samples[0].token_ids) for c in first]
+    assert drawn == [tuple(c.samples[0].token_ids) for c in again]
+    assert len(set(drawn)) >= 5
+
+
 async def test_push_lands_exactly(vllm_server: VLLMServer, vllm_assets: Path, tmp_path: Path):
     """After a push, the server's logprobs are a transformers forward pass of the pushed
     weights (float32: mean |diff| <= 1e-4 nats), and greedy generations match too."""
