@@ -215,6 +215,7 @@ RULES: list[tuple[str, Callable[[Outcome], bool]]] = [
     ("thousands separators are one number", _grouped),
     ("plain numbers include e notation", _e_notation),
     ("numeric task: the number the response states or starts with", _task("numeric")),
+    ("leading_number task: the number the completion starts with", _task("leading_number")),
     ("answer statements give their final value", _statement),
 ]
 

@@ -9,8 +9,11 @@ may be equal) it hands back as `None`, and the service asks the symbolic checker
 Task kinds and where their answer comes from (first rule that applies wins):
 - `math`: the last `\\boxed{}`/`\\fbox{}`, else "the answer is ...", else GSM8K `####`.
 - `numeric`: the last box, else `####`, else "the answer is ...", else a number at the
-  very start of the response (the tiny arithmetic task: `12+345=` -> `357<junk>`), else
-  the last number in the response. Compared as numbers with a tolerance; never symbolic.
+  very start of the response, else the last number in the response. Compared as numbers
+  with a tolerance; never symbolic.
+- `leading_number`: the number the completion starts with, and nothing else (what follows
+  is ignored, markers included). Only for a model trained to answer that way, like the
+  tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
 - `exact`: the last box, else "the answer is ...", else the whole response; compared as
   strings after normalisation.
 - `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", or a lone
@@ -26,7 +29,7 @@ from typing import Literal
 
 from services.verifier import evaluate
 
-Task = Literal["math", "numeric", "exact", "choice"]
+Task = Literal["math", "numeric", "leading_number", "exact", "choice"]
 Reason = Literal[
     "match", "mismatch", "no_answer", "parse_error", "too_complex", "timeout", "worker_error"
 ]
@@ -254,6 +257,10 @@ def _last_answer_broken(text: str) -> bool:
 
 def extract_answer(response: str, task: Task) -> Extraction:
     """The final answer in a model response, by the rules of `task` (see module doc)."""
+    if task == "leading_number":
+        # What follows the answer is the model's junk, markers included.
+        found = leading_number(response)
+        return Extraction(found, "leading") if found else Extraction(None, "none")
     if _last_answer_broken(response):
         return Extraction(None, "none")
     if task == "choice":
@@ -473,7 +480,7 @@ def fast_verdict(
         return Verdict(True, "match")
     if task == "exact":
         return Verdict(False, "mismatch")
-    if task == "numeric":
+    if task in ("numeric", "leading_number"):
         return _numeric(reference, answer, rel_tol, abs_tol)
     numeric = _math_numbers(reference, answer)
     if isinstance(numeric, Verdict):

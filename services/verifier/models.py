@@ -23,7 +23,9 @@ class ScoreItem(BaseModel):
     task: Task = Field(
         default="math",
         description="How to extract and compare: `math` (symbolic), `numeric` (numbers "
-        "with a tolerance), `exact` (normalised strings), `choice` (a letter A-J).",
+        "with a tolerance), `leading_number` (the number the completion starts with, "
+        "compared as `numeric`; only for a model trained to answer that way, like the tiny "
+        "task), `exact` (normalised strings), `choice` (a letter A-J).",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from fractions import Fraction
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +34,10 @@ def test_extraction_sources() -> None:
         "1,234", "hashes"
     )
     assert answers.extract_answer("So the answer is 3.5. Done", "math").text == "3.5"
-    assert answers.extract_answer("357 12+1=13", "numeric").source == "leading"
+    assert answers.extract_answer("357 12+1=13", "leading_number") == answers.Extraction(
+        "357", "leading"
+    )
+    assert answers.extract_answer("= 357", "leading_number").source == "none"
     assert answers.extract_answer("it is 12 then 13", "numeric").source == "last_number"
     assert answers.extract_answer("just words", "math").source == "none"
     assert answers.extract_answer("I choose (C) now", "choice").text == "C"
@@ -121,8 +125,8 @@ def test_hostile_text_is_linear() -> None:
     huge = "word 1 " * 150_000 + "\\boxed{" * 1000
     start = time.perf_counter()
     assert answers.last_boxed(nested) is not None
-    for task in ("math", "numeric", "exact", "choice"):
-        answers.extract_answer(huge, task)  # type: ignore[arg-type]
+    for task in get_args(answers.Task):
+        answers.extract_answer(huge, task)
     assert time.perf_counter() - start < 2.0
 
 
@@ -132,7 +136,7 @@ def test_surrogates_are_replaced() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300), st.sampled_from(["math", "numeric", "exact", "choice"]))
+@given(st.text(max_size=300), st.sampled_from(get_args(answers.Task)))
 def test_extraction_never_raises(text: str, task: answers.Task) -> None:
     found = answers.extract_answer(text, task)
     if found.text is not None:
