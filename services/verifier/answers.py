@@ -8,9 +8,9 @@ may be equal) it hands back as `None`, and the service asks the symbolic checker
 
 Task kinds and where their answer comes from (first rule that applies wins):
 - `math`: the last `\\boxed{}`/`\\fbox{}`, else "the answer is ...", else GSM8K `####`.
-- `numeric`: the last box, else `####`, else "the answer is ...", else a number at the
-  very start of the response, else the last number in the response. Compared as numbers
-  with a tolerance; never symbolic.
+- `numeric`: the last box, else `####`, else the answer statement ("the answer is ...",
+  "Answer: ..." with its statement value), else the last number in the response: a real
+  model's `3 + 5 = 8.` answers 8. Compared as numbers with a tolerance; never symbolic.
 - `leading_number`: the number the completion starts with, and nothing else (what follows
   is ignored, markers included). Only for a model trained to answer that way, like the
   tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
@@ -270,8 +270,7 @@ def extract_answer(response: str, task: Task) -> Extraction:
     stated = statement_value(stated) if stated is not None else None
     if task == "numeric":
         rules = [("boxed", last_boxed(response)), ("hashes", after_hashes(response)),
-                 ("answer_is", stated), ("leading", leading_number(response)),
-                 ("last_number", last_number(response))]  # fmt: skip
+                 ("answer_is", stated), ("last_number", last_number(response))]  # fmt: skip
     elif task == "exact":
         rules = [("boxed", last_boxed(response)), ("answer_is", stated),
                  ("whole", response.strip() or None)]  # fmt: skip

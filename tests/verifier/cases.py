@@ -239,6 +239,10 @@ OTHER: list[Case] = [
     Case("Answer: 0.3333334", "0.3333333", "numeric", True),
     Case("Answer: 0.34", "0.3333333", "numeric", False),
     Case("The answer is 25%.", "25", "numeric", True),
+    # a real model's sentence without a marker: the last number it writes
+    Case("3 + 5 = 8.", "8", "numeric", True),
+    Case("2 - 6 = -4", "-4", "numeric", True),
+    Case("I think 3 + 5 = 8, so 9.", "8", "numeric", False),
     # the tiny arithmetic task: the completion starts with the digits, then junk
     Case("357", "357", "leading_number", True),
     Case("357 12+4=16", "357", "leading_number", True),

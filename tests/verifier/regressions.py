@@ -39,6 +39,7 @@ CHOICE = "a choice letter only where a choice is stated"
 GROUPED = "grouped numbers"
 STATEMENT = "the value of an answer statement"
 WHOLE = "an answer is judged whole, never by a piece of it"
+REAL_SENTENCE = "numeric reads a real model's sentence, not the tiny model's form"
 
 # fmt: off
 REGRESSIONS: list[Regression] = [
@@ -204,5 +205,31 @@ REGRESSIONS: list[Regression] = [
     _r(WHOLE, _box("-(x+2)"), "-x-2", True),
     _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 + \\frac{1}{\\mathrm{e}}", False),
     _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 - e^{-1}", True),
+    # 10. (issue 27) `numeric` read a number the response starts with (the tiny task's rule,
+    # now the `leading_number` kind): a real model's `3 + 5 = 8` answered 3. Without a
+    # marker, the answer is the last number the response writes.
+    _r(REAL_SENTENCE, "3 + 5 = 8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "3 + 5 = 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "3 + 5 = 8", "3", False, task="numeric"),
+    _r(REAL_SENTENCE, "The sum is 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "The answer is 8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "I think 3 + 5 = 8, so 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "I think 3 + 5 = 8, so 9.", "8", False, task="numeric"),
+    _r(REAL_SENTENCE, "1,000 + 234 = 1,234", "1234", True, task="numeric"),
+    _r(REAL_SENTENCE, "The total is 1,234.", "1234", True, task="numeric"),
+    _r(REAL_SENTENCE, "1,234", "1,234", True, task="numeric"),
+    _r(REAL_SENTENCE, "2 - 6 = -4", "-4", True, task="numeric"),
+    _r(REAL_SENTENCE, "6 - 2 = 4", "-4", False, task="numeric"),
+    _r(REAL_SENTENCE, "-4", "-4", True, task="numeric"),
+    _r(REAL_SENTENCE, "So the total is 569204311.663.", "569,204,311.663", True, task="numeric"),
+    _r(REAL_SENTENCE, "The product is 569,204,311.663.", "569204311.663", True, task="numeric"),
+    _r(REAL_SENTENCE, "569,204,311.663", "569", False, task="numeric"),
+    _r(REAL_SENTENCE, "The larger number is 7.", "7", True, task="numeric"),
+    _r(REAL_SENTENCE, "7 and 3: the larger number is 7.", "7", True, task="numeric"),
+    # the tiny task's kind reads its own form, and misreads a real sentence by design
+    _r(REAL_SENTENCE, "3 + 5 = 8", "8", False, task="leading_number"),
+    _r(REAL_SENTENCE, "357 12+4=16", "357", True, task="leading_number"),
+    _r(REAL_SENTENCE, "357 12+4=16", "16", True, task="numeric"),
 ]
 # fmt: on
