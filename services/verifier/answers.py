@@ -11,6 +11,9 @@ Task kinds and where their answer comes from (first rule that applies wins):
 - `numeric`: the last box, else `####`, else the answer statement ("the answer is ...",
   "Answer: ..." with its statement value), else the last number in the response: a real
   model's `3 + 5 = 8.` answers 8. Compared as numbers with a tolerance; never symbolic.
+  An answer that is not a number gives the result of its chain of arithmetic (`3+5=8`)
+  or, in prose, its last number (`18 bananas`); a formula (`2^{10}`, `2x=8`) is judged
+  whole and is no number, never read by its last piece.
 - `leading_number`: the number the completion starts with, and nothing else (what follows
   is ignored, markers included). Only for a model trained to answer that way, like the
   tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
@@ -495,14 +498,46 @@ def fast_verdict(
     return None
 
 
-def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Verdict:
-    ref_value, ans_value = parse_number(reference), parse_number(answer)
-    if ref_value is None:
-        return Verdict(False, "parse_error")
-    if ans_value is None:
+_RELATION = re.compile(r"=|\\approx\b|≈")
+_LONE_VARIABLE = re.compile(r"\s*[a-zA-Z](?:_\{?\w+\}?)?\s*")
+
+
+def _result_of(formula: str) -> str | None:
+    """What a chain of arithmetic comes to: `3+5=8` -> `8`, `x\\approx 8.33` -> `8.33`.
+
+    Only where nothing before the last relation has a variable (a lone `x =` in front
+    aside): the right side of `2x=8` is not the value of anything asked.
+    """
+    *left, right = _RELATION.split(formula)
+    if not left:
+        return None
+    if _LONE_VARIABLE.fullmatch(left[0]):
+        left = left[1:]  # `x = 3+5 = 8`: the variable whose value the result is
+    if any(_VARIABLE.search(_COMMAND.sub("", part)) for part in left):
+        return None
+    return right.strip()
+
+
+def numeric_value(answer: str) -> Fraction | None:
+    """The number a normalised `numeric` answer gives, else None.
+
+    A number as it stands (`18`, `\\frac{3}{4}`, `25%`); the result of a chain of
+    arithmetic (`3+5=8`); in prose (`18 bananas`, `She has 18 apples left`), the last
+    number, as a response without a marker is read. A formula is judged whole: `2^{10}`,
+    `3\\frac{1}{2}`, `8, 9` or `2x=8` is not a number, and none of its pieces is its value.
+    """
+    if (value := parse_number(answer)) is not None:
+        return value
+    if _PROSE_WORD.search(answer):
         token = last_number(answer)
-        ans_value = parse_number(ungroup(token)) if token else None
-    if ans_value is None:
+        return parse_number(ungroup(token)) if token else None
+    result = _result_of(answer)
+    return parse_number(result) if result else None
+
+
+def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Verdict:
+    ref_value, ans_value = parse_number(reference), numeric_value(answer)
+    if ref_value is None or ans_value is None:
         return Verdict(False, "parse_error")
     ok = any(numbers_close(r, a, rel_tol, abs_tol) for r in _candidates(reference, ref_value)
              for a in _candidates(answer, ans_value))  # fmt: skip

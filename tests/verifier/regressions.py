@@ -231,5 +231,23 @@ REGRESSIONS: list[Regression] = [
     _r(REAL_SENTENCE, "3 + 5 = 8", "8", False, task="leading_number"),
     _r(REAL_SENTENCE, "357 12+4=16", "357", True, task="leading_number"),
     _r(REAL_SENTENCE, "357 12+4=16", "16", True, task="numeric"),
+    # 11. (issue 27, beside kind 10) `numeric` read an answer that is not a number by its
+    # last number, a rule for prose (`18 bananas`) applied to formulas: `\boxed{10^{3}}`
+    # answered 3. A formula is judged whole; the result of a chain of arithmetic counts.
+    _r(WHOLE, _box("10^{3}"), "3", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("2^{10}"), "1024", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("\\sqrt{16}"), "16", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("3\\frac{1}{2}"), "2", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("12 \\div 3"), "3", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("8, 9"), "9", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("2x = 8"), "8", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("3 + 5 = 8"), "8", True, task="numeric"),
+    _r(WHOLE, _box("x = 3 + 5 = 8"), "8", True, task="numeric"),
+    _r(WHOLE, _box("x \\approx 8.33"), "8.33", True, task="numeric"),
+    _r(WHOLE, "#### 12 \\times 4 = 48", "48", True, task="numeric"),
+    _r(WHOLE, "The answer is 3 + 5 = 8.", "8", True, task="numeric"),
+    _r(WHOLE, "The answer is 18 bananas.", "18", True, task="numeric"),
+    _r(WHOLE, "Answer: She has 18 apples left.", "18", True, task="numeric"),
+    _r(WHOLE, _box("\\frac{3}{4}"), "0.75", True, task="numeric"),
 ]
 # fmt: on
