@@ -19,8 +19,12 @@ Task kinds and where their answer comes from (first rule that applies wins):
   tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
 - `exact`: the last box, else "the answer is ...", else the whole response; compared as
   strings after normalisation.
-- `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", or a lone
-  letter at the end of the response.
+- `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", a lone
+  letter at the end of the response (`B`, `I pick D`), or `(C)` where it is the only
+  letter the response names in brackets. The lone letter at the end is kept: it is how a
+  bare reply (`B`, `**B**`) and a sentence ending on its choice (`I pick D`) are read, and
+  a box or answer statement decides before it; but a response ending on a letter it does
+  not choose (`... so rule out A`, `vitamin C`) is read as choosing it.
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ _STATED_CHOICE = re.compile(
 # A letter alone at the end, after a word or a colon, not after an operator (`I < B`).
 _TRAILING_CHOICE = re.compile(r"(?:^|[A-Za-z:*]\s+|[:*(])\(?([A-J])\)?[\s.)*]*$")
 # `(C)` anywhere, but not a function's argument or a sub/superscript: `f(B)`, `x_(A)`.
+# It answers only when it is the one letter the response names so.
 _PARENTHESISED_CHOICE = re.compile(r"(?<![\w\\^_])\(([A-J])\)")
 _CHOICE_NOISE = re.compile(r"\$|\*\*|\\[,;:! ]|\\q?quad\b|~")
 
@@ -233,8 +238,10 @@ def _choice(text: str) -> Extraction:
     tail = _TRAILING_CHOICE.search(text[-200:])
     if tail:
         return Extraction(tail.group(1), "letter")
-    last = _last_match(_PARENTHESISED_CHOICE, text)
-    return Extraction(last.group(1), "letter") if last else Extraction(None, "none")
+    # A response that weighs the options names several (`(B), since (A) and (C) fail`):
+    # the last one named is no more its choice than the first.
+    named = {found.group(1) for found in _PARENTHESISED_CHOICE.finditer(text)}
+    return Extraction(named.pop(), "letter") if len(named) == 1 else Extraction(None, "none")
 
 
 def _last_answer_broken(text: str) -> bool:

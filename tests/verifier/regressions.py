@@ -151,6 +151,27 @@ REGRESSIONS: list[Regression] = [
     _r(CHOICE, "The answer is D because the others fail.", "D", True, task="choice"),
     _r(CHOICE, "After eliminating options, I pick D", "D", True, task="choice"),
     _r(CHOICE, "**Answer: D**", "D", True, task="choice"),
+    # 12. (issue 27, beside kind 10) the last `(X)` anywhere was the choice: a rule for a
+    # reply that names one option, applied to responses that weigh them all
+    _r(
+        CHOICE,
+        "The correct option is (B), since (A) and (C) fail.",
+        "C",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(
+        CHOICE,
+        "(A) is too small. (B) fits. (C) is negative. (D) is too large.",
+        "D",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(CHOICE, "Only (C) is even, and (C) is prime too.", "C", True, task="choice"),
+    _r(CHOICE, "I choose (C) now", "C", True, task="choice"),
+    _r(CHOICE, "(A) and (C) fail, so I pick B", "B", True, task="choice"),
     # 7. every spelling of a grouped number is one number; a bad group is not a group
     _r(GROUPED, "The total is $\\boxed{10000}$.", "10,\\!000", True),
     _r(GROUPED, _box("1000000"), "1,\\!000,\\!000", True),
