@@ -18,7 +18,11 @@ Task kinds and where their answer comes from (first rule that applies wins):
   is ignored, markers included). Only for a model trained to answer that way, like the
   tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
 - `exact`: the last box, else "the answer is ...", else the whole response; compared as
-  strings after normalisation.
+  strings after normalisation. The whole response is the answer only of a reply that is
+  nothing else (`cat`, `Paris.`): a real model's `The word is cat.` is compared whole and
+  does not match `cat`. Kept: it never calls a wrong answer right, and no rule reads a
+  string out of every sentence (`The word is cat.`, `Cat is the word.`); prompt a chat
+  model for a box or `Answer:`.
 - `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", a lone
   letter at the end of the response (`B`, `I pick D`), or `(C)` where it is the only
   letter the response names in brackets. The lone letter at the end is kept: it is how a

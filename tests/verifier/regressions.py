@@ -40,6 +40,7 @@ GROUPED = "grouped numbers"
 STATEMENT = "the value of an answer statement"
 WHOLE = "an answer is judged whole, never by a piece of it"
 REAL_SENTENCE = "numeric reads a real model's sentence, not the tiny model's form"
+EXACT_WHOLE = "exact: the whole response is the answer only when it is nothing else"
 
 # fmt: off
 REGRESSIONS: list[Regression] = [
@@ -270,5 +271,13 @@ REGRESSIONS: list[Regression] = [
     _r(WHOLE, "The answer is 18 bananas.", "18", True, task="numeric"),
     _r(WHOLE, "Answer: She has 18 apples left.", "18", True, task="numeric"),
     _r(WHOLE, _box("\\frac{3}{4}"), "0.75", True, task="numeric"),
+    # 13. (issue 27, beside kind 10, kept) `exact` without a marker compares the whole
+    # response: a bare reply matches, a sentence does not (and never matches wrongly)
+    _r(EXACT_WHOLE, "cat", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "cat.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is cat.", "cat", False, task="exact"),
+    _r(EXACT_WHOLE, "Answer: The word is cat.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is $\\boxed{cat}$.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is not cat.", "cat", False, task="exact"),
 ]
 # fmt: on
