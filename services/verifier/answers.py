@@ -10,7 +10,9 @@ Task kinds and where their answer comes from (first rule that applies wins):
 - `math`: the last `\\boxed{}`/`\\fbox{}`, else "the answer is ...", else GSM8K `####`.
 - `numeric`: the last box, else `####`, else the answer statement ("the answer is ...",
   "Answer: ..." with its statement value), else the last number in the response: a real
-  model's `3 + 5 = 8.` answers 8. Compared as numbers with a tolerance; never symbolic.
+  model's `3 + 5 = 8.` answers 8. Numbers are read whole: a fraction is one number
+  (`\\frac{1}{2}`, `3/4`), an exponent or index none (`25 cm^2` answers 25). Compared as
+  numbers with a tolerance; never symbolic.
   An answer that is not a number gives the result of its chain of arithmetic (`3+5=8`)
   or, in prose, its last number (`18 bananas`); a formula (`2^{10}`, `2x=8`) is judged
   whole and is no number, never read by its last piece.
@@ -209,8 +211,20 @@ def leading_number(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+# The numbers of a sentence, read whole: a fraction is one number (`\frac{1}{2}`, `3/4`),
+# and an exponent or index is none (`25 cm^2`, `x_1`, `10^{-3}`).
+_SCRIPT = re.compile(r"[\^_](?:\{[^{}]*\}|-?\d+(?:\.\d+)?|[A-Za-z])")
+_FRACTION_ARGUMENT = r"(?:\{-?\d+\}|\d)"
+_QUANTITY = re.compile(
+    rf"-?\\[dt]?frac\s*{_FRACTION_ARGUMENT}\s*{_FRACTION_ARGUMENT}"
+    rf"|-?\d+/\d+(?![\d/])|{_NUMBER_TOKEN.pattern}"
+)
+
+
 def last_number(text: str) -> str | None:
-    found = _last_match(_NUMBER_TOKEN, text)
+    """The last number `text` states: `The area is 25 cm^2.` -> `25`, `is $\\frac{1}{2}$`
+    -> `\\frac{1}{2}`, never a piece of a fraction or an exponent."""
+    found = _last_match(_QUANTITY, _SCRIPT.sub(" ", text))
     return found.group(0) if found else None
 
 
@@ -398,7 +412,7 @@ def normalize(answer: str) -> str:
 _PLAIN = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH = re.compile(r"^(-?\d+)/(\d+)$")
-_SCIENTIFIC = re.compile(rf"^({_NUM})(?:\\times|\\cdot|\*)10\^(?:\{{(-?\d+)\}}|(-?\d))$")
+_SCIENTIFIC = re.compile(rf"^({_NUM})\s*(?:\\times|\\cdot|\*)\s*10\^(?:\{{(-?\d+)\}}|(-?\d))$")
 
 
 def _plain_number(text: str) -> Fraction | None:
@@ -541,7 +555,7 @@ def numeric_value(answer: str) -> Fraction | None:
         return value
     if _PROSE_WORD.search(answer):
         token = last_number(answer)
-        return parse_number(ungroup(token)) if token else None
+        return parse_number(normalize(token)) if token else None
     result = _result_of(answer)
     return parse_number(result) if result else None
 

@@ -271,6 +271,20 @@ REGRESSIONS: list[Regression] = [
     _r(WHOLE, "The answer is 18 bananas.", "18", True, task="numeric"),
     _r(WHOLE, "Answer: She has 18 apples left.", "18", True, task="numeric"),
     _r(WHOLE, _box("\\frac{3}{4}"), "0.75", True, task="numeric"),
+    # 14. (issue 27, beside kind 10) the last number of a sentence was the last run of
+    # digits: the square of `cm^2`, the denominator of `\frac{1}{2}`
+    _r(WHOLE, "The area is 25 cm^2.", "25", True, task="numeric"),
+    _r(WHOLE, "The area is $25\\text{ cm}^2$.", "25", True, task="numeric"),
+    _r(WHOLE, "The area is 25 cm^2.", "2", False, task="numeric"),
+    _r(WHOLE, "The probability is $\\frac{1}{2}$.", "0.5", True, task="numeric"),
+    _r(WHOLE, "The probability is $\\frac{1}{2}$.", "2", False, task="numeric"),
+    _r(WHOLE, "It is $-\\dfrac{3}{4}$.", "-0.75", True, task="numeric"),
+    _r(WHOLE, "The ratio is 3/4.", "\\frac34", True, task="numeric"),
+    _r(WHOLE, "48/2 = 24 clips in May.", "24", True, task="numeric"),
+    _r(WHOLE, "So x_1 + x_2 = 7.", "7", True, task="numeric"),
+    _r(WHOLE, "Answer: each child gets 3/4 of a pizza.", "0.75", True, task="numeric"),
+    _r(WHOLE, _box("3 \\times 10^8"), "300000000", True, task="numeric"),
+    _r(WHOLE, _box("3 \\times 10^8"), "8", False, task="numeric"),
     # 13. (issue 27, beside kind 10, kept) `exact` without a marker compares the whole
     # response: a bare reply matches, a sentence does not (and never matches wrongly)
     _r(EXACT_WHOLE, "cat", "cat", True, task="exact"),
