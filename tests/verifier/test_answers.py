@@ -43,6 +43,44 @@ def test_extraction_sources() -> None:
     assert answers.extract_answer("I choose (C) now", "choice").text == "C"
 
 
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("3 + 5 = 8.", "8"),
+        ("I think 3 + 5 = 8, so 9.", "9"),
+        ("1,000 + 234 = 1,234", "1,234"),
+        ("2 - 6 = -4", "-4"),
+        ("The area is 25 cm^2.", "25"),
+        ("so 10^{-3} of it, x_2 = 5", "5"),
+        ("The probability is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("It is $-\\tfrac34$", "-\\tfrac34"),
+        ("The ratio is 3/4.", "3/4"),
+        ("no digits", None),
+    ],
+)
+def test_last_number_is_read_whole(text: str, number: str | None) -> None:
+    assert answers.last_number(text) == number
+
+
+@pytest.mark.parametrize(
+    ("answer", "value"),
+    [
+        ("18", Fraction(18)),
+        ("3+5=8", Fraction(8)),
+        ("x=3+5=8", Fraction(8)),
+        ("x \\approx 8.33", Fraction("8.33")),
+        ("18 bananas", Fraction(18)),
+        ("each gets 3/4 of it", Fraction(3, 4)),
+        ("2^{10}", None),  # a formula is judged whole
+        ("3\\frac{1}{2}", None),
+        ("8, 9", None),
+        ("2x=8", None),  # the right side of an equation with a variable is not its value
+    ],
+)
+def test_numeric_value(answer: str, value: Fraction | None) -> None:
+    assert answers.numeric_value(answer) == value
+
+
 def test_reference_extraction() -> None:
     assert answers.extract_reference("48/2=24\n#### 72", "numeric") == "72"
     assert answers.extract_reference("so $\\boxed{\\frac12}$", "math") == "\\frac12"
