@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.allocator.configs import AnyStrategyConfig
+from services.verifier.models import Task
 
 
 class _Section(BaseModel):
@@ -52,8 +53,11 @@ class DataSection(_Section):
     test_path: Path | None = Field(None, description="Held-out prompts for evaluation (JSONL).")
     prompt_field: str = Field("prompt", description="Field holding the prompt text.")
     answer_field: str = Field("answer", description="Field holding the reference answer.")
-    task: Literal["math", "numeric", "exact", "choice"] = Field(
-        "math", description="Verifier task kind for every prompt."
+    task: Task = Field(
+        "math",
+        description="Verifier task kind for every prompt (docs/verifier.md): `math`, "
+        "`numeric`, `leading_number` (the tiny task's: the completion starts with the "
+        "answer), `exact` or `choice`.",
     )
     prompt_template: str = Field(
         "{prompt}", description="Python format string applied to the prompt field."

@@ -214,7 +214,8 @@ RULES: list[tuple[str, Callable[[Outcome], bool]]] = [
     ("a comma is never a decimal point", _decimal_comma),
     ("thousands separators are one number", _grouped),
     ("plain numbers include e notation", _e_notation),
-    ("numeric task: the number the response states or starts with", _task("numeric")),
+    ("numeric task: the stated or last number of the response", _task("numeric")),
+    ("leading_number task: the number the completion starts with", _task("leading_number")),
     ("answer statements give their final value", _statement),
 ]
 

@@ -8,13 +8,29 @@ may be equal) it hands back as `None`, and the service asks the symbolic checker
 
 Task kinds and where their answer comes from (first rule that applies wins):
 - `math`: the last `\\boxed{}`/`\\fbox{}`, else "the answer is ...", else GSM8K `####`.
-- `numeric`: the last box, else `####`, else "the answer is ...", else a number at the
-  very start of the response (the tiny arithmetic task: `12+345=` -> `357<junk>`), else
-  the last number in the response. Compared as numbers with a tolerance; never symbolic.
+- `numeric`: the last box, else `####`, else the answer statement ("the answer is ...",
+  "Answer: ..." with its statement value), else the last number in the response: a real
+  model's `3 + 5 = 8.` answers 8. Numbers are read whole: a fraction is one number
+  (`\\frac{1}{2}`, `3/4`), an exponent or index none (`25 cm^2` answers 25). Compared as
+  numbers with a tolerance; never symbolic.
+  An answer that is not a number gives the result of its chain of arithmetic (`3+5=8`)
+  or, in prose, its last number (`18 bananas`); a formula (`2^{10}`, `2x=8`) is judged
+  whole and is no number, never read by its last piece.
+- `leading_number`: the number the completion starts with, and nothing else (what follows
+  is ignored, markers included). Only for a model trained to answer that way, like the
+  tiny arithmetic task (`12+345=` -> `357<junk>`). Compared as `numeric` compares.
 - `exact`: the last box, else "the answer is ...", else the whole response; compared as
-  strings after normalisation.
-- `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", or a lone
-  letter at the end of the response.
+  strings after normalisation. The whole response is the answer only of a reply that is
+  nothing else (`cat`, `Paris.`): a real model's `The word is cat.` is compared whole and
+  does not match `cat`. Kept: it never calls a wrong answer right, and no rule reads a
+  string out of every sentence (`The word is cat.`, `Cat is the word.`); prompt a chat
+  model for a box or `Answer:`.
+- `choice`: a multiple-choice letter A-J from the box, "the answer is (B)", a lone
+  letter at the end of the response (`B`, `I pick D`), or `(C)` where it is the only
+  letter the response names in brackets. The lone letter at the end is kept: it is how a
+  bare reply (`B`, `**B**`) and a sentence ending on its choice (`I pick D`) are read, and
+  a box or answer statement decides before it; but a response ending on a letter it does
+  not choose (`... so rule out A`, `vitamin C`) is read as choosing it.
 """
 
 from __future__ import annotations
@@ -26,7 +42,7 @@ from typing import Literal
 
 from services.verifier import evaluate
 
-Task = Literal["math", "numeric", "exact", "choice"]
+Task = Literal["math", "numeric", "leading_number", "exact", "choice"]
 Reason = Literal[
     "match", "mismatch", "no_answer", "parse_error", "too_complex", "timeout", "worker_error"
 ]
@@ -195,8 +211,20 @@ def leading_number(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+# The numbers of a sentence, read whole: a fraction is one number (`\frac{1}{2}`, `3/4`),
+# and an exponent or index is none (`25 cm^2`, `x_1`, `10^{-3}`).
+_SCRIPT = re.compile(r"[\^_](?:\{[^{}]*\}|-?\d+(?:\.\d+)?|[A-Za-z])")
+_FRACTION_ARGUMENT = r"(?:\{-?\d+\}|\d)"
+_QUANTITY = re.compile(
+    rf"-?\\[dt]?frac\s*{_FRACTION_ARGUMENT}\s*{_FRACTION_ARGUMENT}"
+    rf"|-?\d+/\d+(?![\d/])|{_NUMBER_TOKEN.pattern}"
+)
+
+
 def last_number(text: str) -> str | None:
-    found = _last_match(_NUMBER_TOKEN, text)
+    """The last number `text` states: `The area is 25 cm^2.` -> `25`, `is $\\frac{1}{2}$`
+    -> `\\frac{1}{2}`, never a piece of a fraction or an exponent."""
+    found = _last_match(_QUANTITY, _SCRIPT.sub(" ", text))
     return found.group(0) if found else None
 
 
@@ -209,6 +237,7 @@ _STATED_CHOICE = re.compile(
 # A letter alone at the end, after a word or a colon, not after an operator (`I < B`).
 _TRAILING_CHOICE = re.compile(r"(?:^|[A-Za-z:*]\s+|[:*(])\(?([A-J])\)?[\s.)*]*$")
 # `(C)` anywhere, but not a function's argument or a sub/superscript: `f(B)`, `x_(A)`.
+# It answers only when it is the one letter the response names so.
 _PARENTHESISED_CHOICE = re.compile(r"(?<![\w\\^_])\(([A-J])\)")
 _CHOICE_NOISE = re.compile(r"\$|\*\*|\\[,;:! ]|\\q?quad\b|~")
 
@@ -227,8 +256,10 @@ def _choice(text: str) -> Extraction:
     tail = _TRAILING_CHOICE.search(text[-200:])
     if tail:
         return Extraction(tail.group(1), "letter")
-    last = _last_match(_PARENTHESISED_CHOICE, text)
-    return Extraction(last.group(1), "letter") if last else Extraction(None, "none")
+    # A response that weighs the options names several (`(B), since (A) and (C) fail`):
+    # the last one named is no more its choice than the first.
+    named = {found.group(1) for found in _PARENTHESISED_CHOICE.finditer(text)}
+    return Extraction(named.pop(), "letter") if len(named) == 1 else Extraction(None, "none")
 
 
 def _last_answer_broken(text: str) -> bool:
@@ -254,6 +285,10 @@ def _last_answer_broken(text: str) -> bool:
 
 def extract_answer(response: str, task: Task) -> Extraction:
     """The final answer in a model response, by the rules of `task` (see module doc)."""
+    if task == "leading_number":
+        # What follows the answer is the model's junk, markers included.
+        found = leading_number(response)
+        return Extraction(found, "leading") if found else Extraction(None, "none")
     if _last_answer_broken(response):
         return Extraction(None, "none")
     if task == "choice":
@@ -263,8 +298,7 @@ def extract_answer(response: str, task: Task) -> Extraction:
     stated = statement_value(stated) if stated is not None else None
     if task == "numeric":
         rules = [("boxed", last_boxed(response)), ("hashes", after_hashes(response)),
-                 ("answer_is", stated), ("leading", leading_number(response)),
-                 ("last_number", last_number(response))]  # fmt: skip
+                 ("answer_is", stated), ("last_number", last_number(response))]  # fmt: skip
     elif task == "exact":
         rules = [("boxed", last_boxed(response)), ("answer_is", stated),
                  ("whole", response.strip() or None)]  # fmt: skip
@@ -378,7 +412,7 @@ def normalize(answer: str) -> str:
 _PLAIN = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH = re.compile(r"^(-?\d+)/(\d+)$")
-_SCIENTIFIC = re.compile(rf"^({_NUM})(?:\\times|\\cdot|\*)10\^(?:\{{(-?\d+)\}}|(-?\d))$")
+_SCIENTIFIC = re.compile(rf"^({_NUM})\s*(?:\\times|\\cdot|\*)\s*10\^(?:\{{(-?\d+)\}}|(-?\d))$")
 
 
 def _plain_number(text: str) -> Fraction | None:
@@ -473,7 +507,7 @@ def fast_verdict(
         return Verdict(True, "match")
     if task == "exact":
         return Verdict(False, "mismatch")
-    if task == "numeric":
+    if task in ("numeric", "leading_number"):
         return _numeric(reference, answer, rel_tol, abs_tol)
     numeric = _math_numbers(reference, answer)
     if isinstance(numeric, Verdict):
@@ -489,14 +523,46 @@ def fast_verdict(
     return None
 
 
-def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Verdict:
-    ref_value, ans_value = parse_number(reference), parse_number(answer)
-    if ref_value is None:
-        return Verdict(False, "parse_error")
-    if ans_value is None:
+_RELATION = re.compile(r"=|\\approx\b|≈")
+_LONE_VARIABLE = re.compile(r"\s*[a-zA-Z](?:_\{?\w+\}?)?\s*")
+
+
+def _result_of(formula: str) -> str | None:
+    """What a chain of arithmetic comes to: `3+5=8` -> `8`, `x\\approx 8.33` -> `8.33`.
+
+    Only where nothing before the last relation has a variable (a lone `x =` in front
+    aside): the right side of `2x=8` is not the value of anything asked.
+    """
+    *left, right = _RELATION.split(formula)
+    if not left:
+        return None
+    if _LONE_VARIABLE.fullmatch(left[0]):
+        left = left[1:]  # `x = 3+5 = 8`: the variable whose value the result is
+    if any(_VARIABLE.search(_COMMAND.sub("", part)) for part in left):
+        return None
+    return right.strip()
+
+
+def numeric_value(answer: str) -> Fraction | None:
+    """The number a normalised `numeric` answer gives, else None.
+
+    A number as it stands (`18`, `\\frac{3}{4}`, `25%`); the result of a chain of
+    arithmetic (`3+5=8`); in prose (`18 bananas`, `She has 18 apples left`), the last
+    number, as a response without a marker is read. A formula is judged whole: `2^{10}`,
+    `3\\frac{1}{2}`, `8, 9` or `2x=8` is not a number, and none of its pieces is its value.
+    """
+    if (value := parse_number(answer)) is not None:
+        return value
+    if _PROSE_WORD.search(answer):
         token = last_number(answer)
-        ans_value = parse_number(ungroup(token)) if token else None
-    if ans_value is None:
+        return parse_number(normalize(token)) if token else None
+    result = _result_of(answer)
+    return parse_number(result) if result else None
+
+
+def _numeric(reference: str, answer: str, rel_tol: float, abs_tol: float) -> Verdict:
+    ref_value, ans_value = parse_number(reference), numeric_value(answer)
+    if ref_value is None or ans_value is None:
         return Verdict(False, "parse_error")
     ok = any(numbers_close(r, a, rel_tol, abs_tol) for r in _candidates(reference, ref_value)
              for a in _candidates(answer, ans_value))  # fmt: skip

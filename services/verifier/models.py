@@ -22,8 +22,12 @@ class ScoreItem(BaseModel):
     )
     task: Task = Field(
         default="math",
-        description="How to extract and compare: `math` (symbolic), `numeric` (numbers "
-        "with a tolerance), `exact` (normalised strings), `choice` (a letter A-J).",
+        description="How to extract and compare (docs/verifier.md): `math` (symbolic); "
+        "`numeric` (box, `####`, answer statement, else the last number of the response, "
+        "compared as numbers with a tolerance); `leading_number` (the number the completion "
+        "starts with, compared as `numeric`: only for a model trained to answer that way, "
+        "like the tiny task); `exact` (normalised strings; without a marker the whole "
+        "response, so a sentence never matches); `choice` (a letter A-J).",
     )
 
 

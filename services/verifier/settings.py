@@ -58,13 +58,16 @@ class VerifierSettings(BaseSettings):
         "reward = (1 - b) * correct + b * boxed."
     )  # fmt: skip
     numeric_rel_tol: float = Field(
-        default=1e-6, ge=0, le=1, description="Relative tolerance of the `numeric` task."
+        default=1e-6,
+        ge=0,
+        le=1,
+        description="Relative tolerance of the `numeric` and `leading_number` tasks.",
     )
     numeric_abs_tol: float = Field(
         default=0.0,
         ge=0,
-        description="Absolute tolerance of the `numeric` task (default none: 1e-12 and "
-        "2e-12 are different numbers, and so are 0 and 1e-12).",
+        description="Absolute tolerance of the `numeric` and `leading_number` tasks (default "
+        "none: 1e-12 and 2e-12 are different numbers, and so are 0 and 1e-12).",
     )
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ def test_shipped_tiny_config_loads() -> None:
     assert config.allocation.strategy == "pilot_commit"
     assert config.allocation.group_size() == 32
     assert config.data.tiny and config.eval.prompts >= 2000
+    assert config.data.task == "leading_number"
 
 
 def test_overrides_parse_toml_values_and_switch_strategy() -> None:

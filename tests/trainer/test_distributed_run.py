@@ -37,7 +37,7 @@ checkpoint_every = 1
 [data]
 train_path = "{assets}/train.jsonl"
 test_path = "{assets}/test.jsonl"
-task = "numeric"
+task = "leading_number"
 
 [model]
 path = "{assets}/model"

@@ -57,7 +57,7 @@ def make_config(assets: Path, allocation: dict, **sections: dict) -> TrainerConf
         "data": {
             "train_path": str(assets / "train.jsonl"),
             "test_path": str(assets / "test.jsonl"),
-            "task": "numeric",
+            "task": "leading_number",
         },
         "model": {"path": str(assets / "model")},
         "sampling": {"max_tokens": 4},

@@ -135,7 +135,7 @@ run_id = "signals-{sig.name}"
 [data]
 train_path = "{assets / "train.jsonl"}"
 test_path = "{assets / "test.jsonl"}"
-task = "numeric"
+task = "leading_number"
 [model]
 path = "{assets / "model"}"
 [sampling]

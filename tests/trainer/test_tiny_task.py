@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from services.verifier import answers
 from trainer.tiny.task import (
     LADDER,
     TaskConfig,
@@ -65,12 +66,32 @@ def test_difficulty_is_the_longer_operand():
     assert difficulty_of("7*8=") == 1
 
 
-@pytest.mark.parametrize(
-    ("completion", "ok"),
-    [("357", True), ("357</s>", True), (" 357\nmore", True), ("3570", False), ("", False)],
-)
-def test_score_completion(completion, ok):
+# (completion of `12+345=`, the reference scorer's verdict, the verifier's `leading_number`)
+COMPLETIONS = [
+    ("357", True, True),
+    ("357</s>", True, True),
+    (" 357\nmore", True, True),
+    ("357 12+4=16", False, True),  # the verifier ignores what follows the number
+    ("3570", False, False),
+    ("35 7", False, False),
+    ("=357", False, False),  # the completion does not start with the answer
+    ("", False, False),
+]
+
+
+@pytest.mark.parametrize(("completion", "ok", "_"), COMPLETIONS)
+def test_score_completion(completion, ok, _):
     assert score_completion(completion, "357") is ok
+
+
+@pytest.mark.parametrize(("completion", "reference_ok", "ok"), COMPLETIONS)
+def test_the_verifier_task_is_never_stricter_than_the_reference(completion, reference_ok, ok):
+    found = answers.extract_answer(completion, "leading_number")
+    verdict = found.text is not None and answers.fast_verdict(
+        "357", answers.normalize(found.text), "leading_number"
+    )
+    assert bool(verdict and verdict.correct) is ok
+    assert ok or not reference_ok
 
 
 def test_jsonl_round_trip(tmp_path):

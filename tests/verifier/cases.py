@@ -239,15 +239,21 @@ OTHER: list[Case] = [
     Case("Answer: 0.3333334", "0.3333333", "numeric", True),
     Case("Answer: 0.34", "0.3333333", "numeric", False),
     Case("The answer is 25%.", "25", "numeric", True),
+    # a real model's sentence without a marker: the last number it writes
+    Case("3 + 5 = 8.", "8", "numeric", True),
+    Case("2 - 6 = -4", "-4", "numeric", True),
+    Case("I think 3 + 5 = 8, so 9.", "8", "numeric", False),
     # the tiny arithmetic task: the completion starts with the digits, then junk
-    Case("357", "357", "numeric", True),
-    Case("357 12+4=16", "357", "numeric", True),
-    Case("357\n\n12+345=357", "357", "numeric", True),
-    Case(" 357junk", "357", "numeric", True),
-    Case("358 junk 357", "357", "numeric", False),
-    Case("35", "357", "numeric", False),
-    Case("-12", "-12", "numeric", True),
-    Case("", "357", "numeric", False),
+    Case("357", "357", "leading_number", True),
+    Case("357 12+4=16", "357", "leading_number", True),
+    Case("357\n\n12+345=357", "357", "leading_number", True),
+    Case(" 357junk", "357", "leading_number", True),
+    Case("357 #### 12", "357", "leading_number", True),  # markers after it are junk too
+    Case("358 junk 357", "357", "leading_number", False),
+    Case("=357", "357", "leading_number", False),  # does not start with the answer
+    Case("35", "357", "leading_number", False),
+    Case("-12", "-12", "leading_number", True),
+    Case("", "357", "leading_number", False),
     # math with the other answer markers
     Case(minerva("\\frac{3}{5}"), "\\frac35", "math", True),
     Case(minerva("\\frac{5}{3}"), "\\frac35", "math", False),

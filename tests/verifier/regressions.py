@@ -39,6 +39,8 @@ CHOICE = "a choice letter only where a choice is stated"
 GROUPED = "grouped numbers"
 STATEMENT = "the value of an answer statement"
 WHOLE = "an answer is judged whole, never by a piece of it"
+REAL_SENTENCE = "numeric reads a real model's sentence, not the tiny model's form"
+EXACT_WHOLE = "exact: the whole response is the answer only when it is nothing else"
 
 # fmt: off
 REGRESSIONS: list[Regression] = [
@@ -150,6 +152,27 @@ REGRESSIONS: list[Regression] = [
     _r(CHOICE, "The answer is D because the others fail.", "D", True, task="choice"),
     _r(CHOICE, "After eliminating options, I pick D", "D", True, task="choice"),
     _r(CHOICE, "**Answer: D**", "D", True, task="choice"),
+    # 12. (issue 27, beside kind 10) the last `(X)` anywhere was the choice: a rule for a
+    # reply that names one option, applied to responses that weigh them all
+    _r(
+        CHOICE,
+        "The correct option is (B), since (A) and (C) fail.",
+        "C",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(
+        CHOICE,
+        "(A) is too small. (B) fits. (C) is negative. (D) is too large.",
+        "D",
+        False,
+        "no_answer",
+        task="choice",
+    ),
+    _r(CHOICE, "Only (C) is even, and (C) is prime too.", "C", True, task="choice"),
+    _r(CHOICE, "I choose (C) now", "C", True, task="choice"),
+    _r(CHOICE, "(A) and (C) fail, so I pick B", "B", True, task="choice"),
     # 7. every spelling of a grouped number is one number; a bad group is not a group
     _r(GROUPED, "The total is $\\boxed{10000}$.", "10,\\!000", True),
     _r(GROUPED, _box("1000000"), "1,\\!000,\\!000", True),
@@ -204,5 +227,71 @@ REGRESSIONS: list[Regression] = [
     _r(WHOLE, _box("-(x+2)"), "-x-2", True),
     _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 + \\frac{1}{\\mathrm{e}}", False),
     _r(WHOLE, _box("2 - \\frac{1}{\\mathrm{e}}"), "2 - e^{-1}", True),
+    # 10. (issue 27) `numeric` read a number the response starts with (the tiny task's rule,
+    # now the `leading_number` kind): a real model's `3 + 5 = 8` answered 3. Without a
+    # marker, the answer is the last number the response writes.
+    _r(REAL_SENTENCE, "3 + 5 = 8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "3 + 5 = 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "3 + 5 = 8", "3", False, task="numeric"),
+    _r(REAL_SENTENCE, "The sum is 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "The answer is 8", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "I think 3 + 5 = 8, so 8.", "8", True, task="numeric"),
+    _r(REAL_SENTENCE, "I think 3 + 5 = 8, so 9.", "8", False, task="numeric"),
+    _r(REAL_SENTENCE, "1,000 + 234 = 1,234", "1234", True, task="numeric"),
+    _r(REAL_SENTENCE, "The total is 1,234.", "1234", True, task="numeric"),
+    _r(REAL_SENTENCE, "1,234", "1,234", True, task="numeric"),
+    _r(REAL_SENTENCE, "2 - 6 = -4", "-4", True, task="numeric"),
+    _r(REAL_SENTENCE, "6 - 2 = 4", "-4", False, task="numeric"),
+    _r(REAL_SENTENCE, "-4", "-4", True, task="numeric"),
+    _r(REAL_SENTENCE, "So the total is 569204311.663.", "569,204,311.663", True, task="numeric"),
+    _r(REAL_SENTENCE, "The product is 569,204,311.663.", "569204311.663", True, task="numeric"),
+    _r(REAL_SENTENCE, "569,204,311.663", "569", False, task="numeric"),
+    _r(REAL_SENTENCE, "The larger number is 7.", "7", True, task="numeric"),
+    _r(REAL_SENTENCE, "7 and 3: the larger number is 7.", "7", True, task="numeric"),
+    # the tiny task's kind reads its own form, and misreads a real sentence by design
+    _r(REAL_SENTENCE, "3 + 5 = 8", "8", False, task="leading_number"),
+    _r(REAL_SENTENCE, "357 12+4=16", "357", True, task="leading_number"),
+    _r(REAL_SENTENCE, "357 12+4=16", "16", True, task="numeric"),
+    # 11. (issue 27, beside kind 10) `numeric` read an answer that is not a number by its
+    # last number, a rule for prose (`18 bananas`) applied to formulas: `\boxed{10^{3}}`
+    # answered 3. A formula is judged whole; the result of a chain of arithmetic counts.
+    _r(WHOLE, _box("10^{3}"), "3", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("2^{10}"), "1024", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("\\sqrt{16}"), "16", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("3\\frac{1}{2}"), "2", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("12 \\div 3"), "3", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("8, 9"), "9", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("2x = 8"), "8", False, "parse_error", task="numeric"),
+    _r(WHOLE, _box("3 + 5 = 8"), "8", True, task="numeric"),
+    _r(WHOLE, _box("x = 3 + 5 = 8"), "8", True, task="numeric"),
+    _r(WHOLE, _box("x \\approx 8.33"), "8.33", True, task="numeric"),
+    _r(WHOLE, "#### 12 \\times 4 = 48", "48", True, task="numeric"),
+    _r(WHOLE, "The answer is 3 + 5 = 8.", "8", True, task="numeric"),
+    _r(WHOLE, "The answer is 18 bananas.", "18", True, task="numeric"),
+    _r(WHOLE, "Answer: She has 18 apples left.", "18", True, task="numeric"),
+    _r(WHOLE, _box("\\frac{3}{4}"), "0.75", True, task="numeric"),
+    # 14. (issue 27, beside kind 10) the last number of a sentence was the last run of
+    # digits: the square of `cm^2`, the denominator of `\frac{1}{2}`
+    _r(WHOLE, "The area is 25 cm^2.", "25", True, task="numeric"),
+    _r(WHOLE, "The area is $25\\text{ cm}^2$.", "25", True, task="numeric"),
+    _r(WHOLE, "The area is 25 cm^2.", "2", False, task="numeric"),
+    _r(WHOLE, "The probability is $\\frac{1}{2}$.", "0.5", True, task="numeric"),
+    _r(WHOLE, "The probability is $\\frac{1}{2}$.", "2", False, task="numeric"),
+    _r(WHOLE, "It is $-\\dfrac{3}{4}$.", "-0.75", True, task="numeric"),
+    _r(WHOLE, "The ratio is 3/4.", "\\frac34", True, task="numeric"),
+    _r(WHOLE, "48/2 = 24 clips in May.", "24", True, task="numeric"),
+    _r(WHOLE, "So x_1 + x_2 = 7.", "7", True, task="numeric"),
+    _r(WHOLE, "Answer: each child gets 3/4 of a pizza.", "0.75", True, task="numeric"),
+    _r(WHOLE, _box("3 \\times 10^8"), "300000000", True, task="numeric"),
+    _r(WHOLE, _box("3 \\times 10^8"), "8", False, task="numeric"),
+    # 13. (issue 27, beside kind 10, kept) `exact` without a marker compares the whole
+    # response: a bare reply matches, a sentence does not (and never matches wrongly)
+    _r(EXACT_WHOLE, "cat", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "cat.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is cat.", "cat", False, task="exact"),
+    _r(EXACT_WHOLE, "Answer: The word is cat.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is $\\boxed{cat}$.", "cat", True, task="exact"),
+    _r(EXACT_WHOLE, "The word is not cat.", "cat", False, task="exact"),
 ]
 # fmt: on

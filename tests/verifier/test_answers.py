@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from fractions import Fraction
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
@@ -33,10 +34,51 @@ def test_extraction_sources() -> None:
         "1,234", "hashes"
     )
     assert answers.extract_answer("So the answer is 3.5. Done", "math").text == "3.5"
-    assert answers.extract_answer("357 12+1=13", "numeric").source == "leading"
+    assert answers.extract_answer("357 12+1=13", "leading_number") == answers.Extraction(
+        "357", "leading"
+    )
+    assert answers.extract_answer("= 357", "leading_number").source == "none"
     assert answers.extract_answer("it is 12 then 13", "numeric").source == "last_number"
     assert answers.extract_answer("just words", "math").source == "none"
     assert answers.extract_answer("I choose (C) now", "choice").text == "C"
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("3 + 5 = 8.", "8"),
+        ("I think 3 + 5 = 8, so 9.", "9"),
+        ("1,000 + 234 = 1,234", "1,234"),
+        ("2 - 6 = -4", "-4"),
+        ("The area is 25 cm^2.", "25"),
+        ("so 10^{-3} of it, x_2 = 5", "5"),
+        ("The probability is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("It is $-\\tfrac34$", "-\\tfrac34"),
+        ("The ratio is 3/4.", "3/4"),
+        ("no digits", None),
+    ],
+)
+def test_last_number_is_read_whole(text: str, number: str | None) -> None:
+    assert answers.last_number(text) == number
+
+
+@pytest.mark.parametrize(
+    ("answer", "value"),
+    [
+        ("18", Fraction(18)),
+        ("3+5=8", Fraction(8)),
+        ("x=3+5=8", Fraction(8)),
+        ("x \\approx 8.33", Fraction("8.33")),
+        ("18 bananas", Fraction(18)),
+        ("each gets 3/4 of it", Fraction(3, 4)),
+        ("2^{10}", None),  # a formula is judged whole
+        ("3\\frac{1}{2}", None),
+        ("8, 9", None),
+        ("2x=8", None),  # the right side of an equation with a variable is not its value
+    ],
+)
+def test_numeric_value(answer: str, value: Fraction | None) -> None:
+    assert answers.numeric_value(answer) == value
 
 
 def test_reference_extraction() -> None:
@@ -121,8 +163,8 @@ def test_hostile_text_is_linear() -> None:
     huge = "word 1 " * 150_000 + "\\boxed{" * 1000
     start = time.perf_counter()
     assert answers.last_boxed(nested) is not None
-    for task in ("math", "numeric", "exact", "choice"):
-        answers.extract_answer(huge, task)  # type: ignore[arg-type]
+    for task in get_args(answers.Task):
+        answers.extract_answer(huge, task)
     assert time.perf_counter() - start < 2.0
 
 
@@ -132,7 +174,7 @@ def test_surrogates_are_replaced() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300), st.sampled_from(["math", "numeric", "exact", "choice"]))
+@given(st.text(max_size=300), st.sampled_from(get_args(answers.Task)))
 def test_extraction_never_raises(text: str, task: answers.Task) -> None:
     found = answers.extract_answer(text, task)
     if found.text is not None:

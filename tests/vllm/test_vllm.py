@@ -155,7 +155,7 @@ def vllm_config(assets: Path, url: str, **run: object) -> TrainerConfig:
     return TrainerConfig.model_validate({
         "run": {"steps": 3, "seed": 0, **run},
         "data": {"train_path": str(assets / "train.jsonl"),
-                 "test_path": str(assets / "test.jsonl"), "task": "numeric"},
+                 "test_path": str(assets / "test.jsonl"), "task": "leading_number"},
         "model": {"path": str(assets / "model")},
         "sampling": {"max_tokens": 4},
         "eval": {"every": 0, "prompts": 32, "greedy": False},

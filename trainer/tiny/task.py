@@ -138,7 +138,9 @@ def make_row(prompt: str, answer: str) -> dict:
 def score_completion(completion: str, answer: str) -> bool:
     """True when the completion, up to EOS or the first line break, is exactly the answer.
 
-    A reference for calibration only; real runs use the verifier service's `numeric` task.
+    A reference for calibration only; real runs use the verifier service's `leading_number`
+    task, which reads the number the completion starts with and ignores what follows (so it
+    also accepts `357 12+4=16`): every completion this accepts, that task accepts.
     """
     text = completion.split("</s>", 1)[0].split("\n", 1)[0].strip()
     return text == answer
