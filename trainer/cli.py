@@ -191,6 +191,7 @@ def build_policy(config: TrainerConfig, ranks: Ranks | None = None) -> Policy:
         ranks=ranks,
         mixed_precision=config.model.mixed_precision,
         temperature=config.sampling.temperature,
+        train_top_layers=config.model.train_top_layers,
     )
 
 
@@ -205,6 +206,8 @@ async def train(
     (trainer/loop.py: `run`). With several ranks this is rank 0's part; the others
     follow (`follow`), and are released when the run ends."""
     assert config.model.path and config.data.train_path and config.data.test_path
+    if config.model.threads:
+        torch.set_num_threads(config.model.threads)
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
@@ -223,6 +226,8 @@ def follow(config: TrainerConfig, ranks: Ranks) -> int:
     collective step until rank 0 ends the run."""
     distributed.init(ranks, config.model.device)
     config = distributed.broadcast()
+    if config.model.threads:
+        torch.set_num_threads(config.model.threads)
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     build_policy(config, ranks).follow()

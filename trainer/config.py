@@ -85,6 +85,21 @@ class ModelSection(_Section):
         description="Recompute each decoder layer's activations in the backward pass instead "
         "of keeping them (less memory, about one more forward's compute).",
     )
+    train_top_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Train only the top N decoder layers and the final norm; the embeddings "
+        "(and a head tied to them) and the layers below stay as loaded. Backpropagation then "
+        "stops N layers down, and weight pushes after the first send only those tensors "
+        "(docs/smollm2.md: what it saves on CPU). null: train every parameter.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch's intra-op threads for the trainer (`torch.set_num_threads`); "
+        "null: torch's default, one per core. On a CPU shared with other busy processes "
+        "fewer threads can be much faster (docs/smollm2.md).",
+    )
     mixed_precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="Several ranks (FSDP2) only: `bf16` computes with bfloat16 parameters and "

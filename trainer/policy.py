@@ -101,6 +101,30 @@ def collate(
     )
 
 
+def train_only_top_layers(model: PreTrainedModel, count: int | None) -> set[str] | None:
+    """Freeze every parameter of `model` but those of its top `count` decoder layers and
+    its final norm; returns the names of the parameters left trainable (None: `count` is
+    None and nothing is frozen). Raises ValueError when `count` exceeds the layers.
+
+    A head tied to the input embedding stays frozen with it. Frozen layers below the
+    trainable ones record no autograd graph, so a backward pass stops at the lowest
+    trainable layer.
+    """
+    if count is None:
+        return None
+    layers = distributed.decoder_layers(model)
+    if count > len(layers):
+        raise ValueError(f"train_top_layers = {count}, but the model has {len(layers)} layers")
+    model.requires_grad_(False)
+    trained = [*layers[len(layers) - count :]]
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    if isinstance(norm, torch.nn.Module):
+        trained.append(norm)
+    for module in trained:
+        module.requires_grad_(True)
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
 # What `_update` sums over micro-batches and ranks (mismatch_*: |old - gen| and its tokens).
 _SUMMED = (
     "loss",
@@ -136,6 +160,7 @@ class Policy:
         ranks: Ranks | None = None,
         mixed_precision: Literal["auto", "bf16", "fp32"] = "auto",
         temperature: float = 1.0,
+        train_top_layers: int | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(
@@ -155,6 +180,7 @@ class Policy:
         # metric would each carry their own noise. eval() only switches dropout off here;
         # gradients flow as in train().
         self.model.eval()
+        self.trainable = train_only_top_layers(self.model, train_top_layers)
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             self.model.activation_checkpointing_enable({"use_reentrant": False})
@@ -177,7 +203,10 @@ class Policy:
             if self.reference is not None:
                 distributed.shard(self.reference, policy)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            [param for param in self.model.parameters() if param.requires_grad],
+            lr=optim.lr,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
         )
         if optim.lr_schedule == "cosine" and total_steps <= optim.warmup_steps:
             raise ValueError(
@@ -394,7 +423,8 @@ class Policy:
             sums["mismatch_sum"] += float(gap.sum())
             sums["mismatch_tokens"] += float(batch.mask.sum())
             done += len(micro)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        trained = [param for param in self.model.parameters() if param.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
         self.optimizer.step()
         if self.world > 1:
             keys = list(sums)
