@@ -97,6 +97,13 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts, in first-seen order, and for each input its row among them."""
+    seen: dict[tuple[int, ...], int] = {}
+    rows = [seen.setdefault(tuple(p), len(seen)) for p in prompts]
+    return [list(p) for p in seen], rows
+
+
 class BatchState:
     """Per-sequence progress of one batch: tokens so far and why each one finished."""
 
@@ -350,9 +357,11 @@ class Engine:
             generator = torch.Generator(self.device)
             generator.manual_seed(spec.seed)
             generators.append(generator)
+        temperature = torch.tensor([s.temperature for s in specs], device=self.device)
         return {
-            "temperature": torch.tensor([s.temperature for s in specs], device=self.device),
+            "temperature": temperature,
             "top_p": torch.tensor([s.top_p for s in specs], device=self.device),
+            "greedy": temperature <= 0,
             "generators": generators,
             "top_k": max(s.top_logprobs for s in specs),
         }
@@ -360,11 +369,10 @@ class Engine:
     def _sample_step(
         self, logits: torch.Tensor, sampler: dict[str, Any], state: BatchState
     ) -> torch.Tensor:
-        logprobs = raw_logprobs(logits)
-        tokens = sample_tokens(
-            logprobs, sampler["temperature"], sampler["top_p"], sampler["generators"],
-            self._shared_gen,
-        )  # fmt: skip
+        # The sampled distribution's logprobs (logits / T, top-p renormalised), as vLLM's
+        # processed_logprobs mode reports them: what the trainer scores with logits / T.
+        logprobs = sampling_logprobs(logits, sampler["temperature"], sampler["top_p"])
+        tokens = sample_tokens(logprobs, sampler["greedy"], sampler["generators"], self._shared_gen)
         chosen = logprobs.gather(1, tokens[:, None])[:, 0]
         tops = None
         if sampler["top_k"]:
