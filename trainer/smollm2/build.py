@@ -15,19 +15,14 @@ it, assembled in a temporary sibling and renamed into place, and marked finished
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer.builds import assemble, cache_root, digest, step
 from trainer.prompts import chat_prompt_ids
 from trainer.smollm2.problems import ProblemConfig, generate_splits
 from trainer.tiny.task import write_jsonl
@@ -81,10 +76,7 @@ class SmolLM2Config:
 
     def digest(self, source: str) -> str:
         """`source` names the GGUF (distribution version and file size)."""
-        payload = json.dumps(
-            {"version": BUILD_VERSION, "source": source, **asdict(self)}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+        return digest({"version": BUILD_VERSION, "source": source, **asdict(self)})
 
 
 @dataclass(frozen=True)
@@ -106,8 +98,7 @@ class SmolLM2Artifacts:
 
 def default_out_root() -> Path:
     """`$PILOT_COMMIT_CACHE/smollm2`, else `.cache/smollm2` under the working directory."""
-    cache = os.environ.get("PILOT_COMMIT_CACHE")
-    return (Path(cache) if cache else Path.cwd() / ".cache") / "smollm2"
+    return cache_root("smollm2")
 
 
 def source_id(gguf: Path) -> str:
@@ -139,46 +130,24 @@ def build(
     final = build_dir(out_root, config, gguf)
     if is_built(final) and not force:
         return SmolLM2Artifacts.at(final)
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=out_root))
-    try:
-        _build_into(staging, config, gguf, progress)
-        # mkdtemp makes the directory private; servers in containers (vLLM) read it too.
-        for path in (staging, *staging.rglob("*")):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    assemble(final, lambda staging: _build_into(staging, config, gguf, progress))
     return SmolLM2Artifacts.at(final)
-
-
-@contextmanager
-def _step(progress: Progress | LineProgress | None, what: str) -> Iterator[None]:
-    """Show `what` as one line of `progress` (spinner, elapsed time) while it runs."""
-    if progress is None:
-        yield
-        return
-    task = progress.add_task(what, total=1)
-    yield
-    progress.update(task, completed=1)
 
 
 def _build_into(
     root: Path, config: SmolLM2Config, gguf: Path, progress: Progress | LineProgress | None
 ) -> None:
     started = time.monotonic()
-    with _step(progress, f"dequantise {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)"):
+    with step(progress, f"dequantise {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)"):
         model, tokenizer = load_gguf(gguf)
     model_dir = root / "model"
-    with _step(progress, "save float32 safetensors + tokenizer"):
+    with step(progress, "save float32 safetensors + tokenizer"):
         save_standard(model, tokenizer, model_dir)
-    with _step(progress, "reload with plain from_pretrained, compare logits"):
+    with step(progress, "reload with plain from_pretrained, compare logits"):
         diff = compare_logits(model, tokenizer, model_dir)
     if diff > MAX_LOGIT_DIFF:
         raise RuntimeError(f"saved model's logits differ from the GGUF's by {diff:.3g}")
-    with _step(progress, "write word problems"):
+    with step(progress, "write word problems"):
         train_rows, test_rows = generate_splits(config.seed, config.problems)
         write_jsonl(root / "data" / "train.jsonl", train_rows)
         write_jsonl(root / "data" / "test.jsonl", test_rows)

@@ -9,12 +9,8 @@ renamed into place, so an interrupted build never looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +22,7 @@ from rich.console import Console
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from services.common.progress import log_line, stage
+from trainer.builds import assemble, cache_root, digest
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 from trainer.tiny.regimes import (
     CLASSES,
@@ -72,8 +69,7 @@ class TinyConfig:
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
     def digest(self) -> str:
-        payload = json.dumps({"version": BUILD_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+        return digest({"version": BUILD_VERSION, **asdict(self)})
 
 
 @dataclass(frozen=True)
@@ -95,8 +91,7 @@ class TinyArtifacts:
 
 def default_out_root() -> Path:
     """`$PILOT_COMMIT_CACHE/tiny`, else `.cache/tiny` under the working directory."""
-    cache = os.environ.get("PILOT_COMMIT_CACHE")
-    return (Path(cache) if cache else Path.cwd() / ".cache") / "tiny"
+    return cache_root("tiny")
 
 
 def build_dir(out_root: Path, config: TinyConfig) -> Path:
@@ -128,15 +123,12 @@ def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArt
         f"building the tiny model and task into {final} (minutes; cached afterwards, "
         f"{config.warm_start.steps:,} warm-start steps on {BUILD_THREADS} threads)",
     )
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=out_root))
-    try:
+
+    def fill(staging: Path) -> None:
         with torch_threads(BUILD_THREADS):
             _build_into(staging, config)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    assemble(final, fill)
     return TinyArtifacts.at(final)
 
 
