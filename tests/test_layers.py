@@ -38,7 +38,7 @@ TRAINER_MAY_ALSO = {
     "services.generation.weights",
     # locating vLLM's own venv when `train` starts vLLM as its embedded generation server
     "services.generation.vllm",
-    # SmolLM2's calibration extracts answers exactly as the verifier does
+    # calibration (trainer/calibration.py) judges answers exactly as the verifier does
     "services.verifier.answers",
 }
 
