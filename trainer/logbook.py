@@ -52,13 +52,8 @@ class Logbook:
     def write(self, row: dict[str, Any]) -> None:
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        for key, value in row.items():
-            if (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                self._tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+        for key, value in _scalars(row):
+            self._tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
         if row["kind"] == "eval":
             self.last_eval = row
             self.console.log(
@@ -96,3 +91,17 @@ class Logbook:
         log_line(self.console, f"{what} ...")
         yield
         log_line(self.console, f"{what}: done in {time.monotonic() - started:.1f}s")
+
+
+def _scalars(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """The finite numbers of `row`, those of a nested table (`eval_accuracy_by_source`)
+    as `key/name`."""
+    for key, value in row.items():
+        if isinstance(value, dict):
+            yield from ((f"{key}/{k}", v) for k, v in _scalars(value))
+        elif _number(value) and math.isfinite(value):
+            yield key, value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

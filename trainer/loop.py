@@ -39,7 +39,7 @@ from services.generation.client import (
     SamplingParams,
 )
 from services.verifier.client import VerifierClient
-from services.verifier.models import ScoreItem
+from services.verifier.models import ScoreItem, Task
 from trainer import run_checkpoint
 from trainer.algos import clustered_mean_stderr
 from trainer.config import TrainerConfig
@@ -52,10 +52,17 @@ from trainer.rollouts import RolloutStore
 
 @dataclass
 class Dataset:
-    """Prompts (already formatted and tokenised) and reference answers, by prompt id."""
+    """Prompts (already formatted and tokenised), reference answers, and each prompt's
+    verifier kind and source task (when its row names one), by prompt id."""
 
     prompt_tokens: list[list[int]]
     answers: list[str]
+    tasks: list[Task] | None = None  # None: data.task for every prompt
+    sources: list[str | None] | None = None
+
+    def task(self, prompt_id: int, default: Task) -> Task:
+        """The verifier kind of prompt `prompt_id`; `default` when prompts carry none."""
+        return default if self.tasks is None else self.tasks[prompt_id]
 
 
 @dataclass
@@ -298,9 +305,13 @@ async def admit_servers(t: Trainer) -> None:
 
 async def score(t: Trainer, plan: am.Plan, completions: list[Completion]) -> list[list[float]]:
     """Rewards in [0, 1], one list per plan item with its `n` rewards, in plan order."""
-    task = t.cfg.data.task
+    default = t.cfg.data.task
     items = [
-        ScoreItem(response=s.text, reference=t.data.answers[item.prompt_id], task=task)
+        ScoreItem(
+            response=s.text,
+            reference=t.data.answers[item.prompt_id],
+            task=t.data.task(item.prompt_id, default),
+        )
         for item, completion in zip(plan.items, completions, strict=True)
         for s in completion.samples
     ]
@@ -465,7 +476,8 @@ async def evaluate(t: Trainer) -> dict[str, Any]:
     with its clustered standard error (trainer.algos.clustered_mean_stderr)."""
     cfg = t.cfg
     count = min(cfg.eval.prompts, len(t.eval_data.answers))
-    sampled, stderr = clustered_mean_stderr(await eval_correct(t, count, cfg.eval.samples, 1.0))
+    correct = await eval_correct(t, count, cfg.eval.samples, 1.0)
+    sampled, stderr = clustered_mean_stderr(correct)
     row: dict[str, Any] = {
         "kind": "eval",
         "step": t.step,
@@ -476,10 +488,24 @@ async def evaluate(t: Trainer) -> dict[str, Any]:
         "wall_s": t.wall_s,
     }
     row["eval_accuracy_stderr"] = stderr
+    if t.eval_data.sources is not None:
+        by_source = accuracy_by_source(correct, t.eval_data.sources[:count])
+        if by_source:
+            row["eval_accuracy_by_source"] = by_source
     if cfg.eval.greedy:
         greedy, _ = clustered_mean_stderr(await eval_correct(t, count, 1, 0.0))
         row["eval_accuracy_greedy"] = greedy
     return row
+
+
+def accuracy_by_source(correct: list[list[bool]], sources: list[str | None]) -> dict[str, float]:
+    """Mean accuracy over the prompts of each source (prompts without one are left out),
+    sources in name order; `correct[i]` are prompt i's answers."""
+    shares: dict[str, list[float]] = defaultdict(list)
+    for answers, source in zip(correct, sources, strict=True):
+        if source is not None:
+            shares[source].append(sum(answers) / len(answers))
+    return {source: sum(v) / len(v) for source, v in sorted(shares.items())}
 
 
 async def eval_correct(
@@ -499,9 +525,13 @@ async def eval_correct(
         GenerationRequest(t.eval_data.prompt_tokens[i], samples, params) for i in range(count)
     ]
     completions = await generate(t, requests)
-    task = t.cfg.data.task
+    default = t.cfg.data.task
     items = [
-        ScoreItem(response=smp.text, reference=t.eval_data.answers[i], task=task)
+        ScoreItem(
+            response=smp.text,
+            reference=t.eval_data.answers[i],
+            task=t.eval_data.task(i, default),
+        )
         for i, c in enumerate(completions)
         for smp in c.samples
     ]
