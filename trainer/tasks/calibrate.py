@@ -153,9 +153,10 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         answers = [
-            {"id": row["id"], "answer": row["answer"], "responses": responses}
-            for row, responses in zip(self.rows, self.responses, strict=True)
-        ]
+            {"id": row["id"], "task": row["task"], "answer": row["answer"],
+             "responses": responses, "cut": [a.cut for a in group]}
+            for row, responses, group in zip(self.rows, self.responses, self.groups, strict=True)
+        ]  # fmt: skip
         return {**self.spread.to_dict(), "wall_seconds": self.wall_seconds, "rows": answers}
 
 
@@ -193,6 +194,24 @@ def calibrate(
 def pooled(results: dict[str, TaskResult]) -> Spread:
     """The figures of all tasks' prompts together."""
     return Spread.of([group for result in results.values() for group in result.groups])
+
+
+def rescore(record: dict[str, Any]) -> dict[str, Spread]:
+    """The figures of a saved calibration (`calibration-*.json`) with answers judged again
+    by the verifier as it is now: for a change of its rules, without sampling again."""
+    spreads, everything = {}, []
+    for source, task in record["tasks"].items():
+        groups = []
+        for row in task["rows"]:
+            group = []
+            for text, cut in zip(row["responses"], row["cut"], strict=True):
+                verdict = judge(text, row["answer"], row["task"])
+                group.append(Answer(verdict.extracted, verdict.correct, cut))
+            groups.append(group)
+        spreads[source] = Spread.of(groups)
+        everything += groups
+    spreads["all"] = Spread.of(everything)
+    return spreads
 
 
 def table(spreads: dict[str, Spread]) -> str:

@@ -11,7 +11,8 @@
 exists. `calibrate` builds if needed, samples K answers for N prompts of each task of the
 validation split with the model (default: the SmolLM2 build), scores them by each row's
 verifier kind, prints a table per task and writes it, with every answer, to
-`calibration-*.json` in the build directory. It refuses the test split.
+`calibration-*.json` in the build directory; `--rescore JSON` judges such a file's answers
+again with the verifier as it is now. It refuses the test split.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--threads", type=int, default=1, help="torch threads")
     cal.add_argument("--batch-size", type=int, default=64)
     cal.add_argument("--model", type=Path, default=None, help="model dir (default: SmolLM2)")
+    cal.add_argument(
+        "--rescore", type=Path, default=None, metavar="JSON",
+        help="judge a saved calibration's answers again with the verifier as it is now "
+        "(no sampling) and print its table",
+    )  # fmt: skip
     return parser
 
 
@@ -69,7 +75,7 @@ def _build(args: argparse.Namespace, console: Console) -> TaskArtifacts:
     info = artifacts.info
     state = "cached" if cached else f"built in {info['wall_seconds']}s"
     sizes = ", ".join(f"{n} {split}" for split, n in info["prompts"].items())
-    console.print(f"{artifacts.root} ({state}): {sizes} prompts")
+    console.print(f"{artifacts.root} ({state}): {sizes} prompts", soft_wrap=True)
     return artifacts
 
 
@@ -81,6 +87,11 @@ def _calibrate(args: argparse.Namespace, console: Console) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.rescore is not None:
+        from trainer.tasks.calibrate import rescore, table
+
+        console.print(table(rescore(json.loads(args.rescore.read_text()))), soft_wrap=True)
+        return 0
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,8 +122,9 @@ def _calibrate(args: argparse.Namespace, console: Console) -> int:
         "tasks": {source: result.to_dict() for source, result in results.items()},
     }  # fmt: skip
     path.write_text(json.dumps(record, indent=2) + "\n")
-    console.print(cal.table(spreads), markup=False)
-    console.print(f"{path} (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    console.print(cal.table(spreads), markup=False, soft_wrap=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    console.print(f"{path} (load average {load})", soft_wrap=True)
     return 0
 
 
