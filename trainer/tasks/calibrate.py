@@ -19,6 +19,7 @@ their test figures would leak the test split into the choice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.algos import clustered_mean_stderr
 from trainer.calibration import generate, judge
 from trainer.prompts import chat_prompt_ids
+from trainer.tasks.generate import task_seed
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -178,7 +180,10 @@ def calibrate(
                 bars.advance(bar, n)
 
         started = time.monotonic()
-        outputs = sample_task(model, tokenizer, rows, sampling, on_batch=advance)
+        # A seed of its own per task: with one seed, the i-th answer of every task would be
+        # drawn from the same random numbers, and the tasks' figures would be correlated.
+        own = dataclasses.replace(sampling, seed=task_seed(sampling.seed, source))
+        outputs = sample_task(model, tokenizer, rows, own, on_batch=advance)
         k = sampling.samples
         groups = judge_rows(rows, outputs, k)
         results[source] = TaskResult(
