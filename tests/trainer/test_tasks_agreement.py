@@ -113,4 +113,4 @@ def test_number_format_needs_numbers_the_relative_tolerance_tells_apart() -> Non
         other = next(c for c in entry["metadata"]["candidates"] if c != solution)
         assert dataset.score_answer(str(other), entry) == 0.0 or abs(other - solution) < 1e-2
         fooled += judge(str(other), entry["answer"], "numeric").correct
-    assert fooled > 40
+    assert fooled >= 45
