@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -50,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--out", type=Path, default=None, help="cache root (.cache/tasks)")
     sub.choices["build"].add_argument("--force", action="store_true", help="rebuild")
     cal = sub.choices["calibrate"]
-    cal.add_argument("--split", default="validation", help="validation (test is refused)")
+    cal.add_argument(
+        "--split", default="validation", choices=("validation", "train", "test"),
+        help="validation (default); test is refused",
+    )  # fmt: skip
     cal.add_argument("--prompts-per-task", type=int, default=25)
     cal.add_argument("--samples", type=int, default=8, help="answers per prompt")
     cal.add_argument("--max-tokens", type=int, default=32)
@@ -90,19 +94,18 @@ def _calibrate(args: argparse.Namespace, console: Console) -> int:
     if args.rescore is not None:
         from trainer.tasks.calibrate import rescore, table
 
-        console.print(table(rescore(json.loads(args.rescore.read_text()))), soft_wrap=True)
+        spreads = rescore(json.loads(args.rescore.read_text()))
+        console.print(table(spreads), markup=False, soft_wrap=True)
         return 0
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.tasks import calibrate as cal
     from trainer.tiny.task import read_jsonl
 
+    load_before = os.getloadavg()
     artifacts = _build(argparse.Namespace(**{**vars(args), "force": False}), console)
     torch.set_num_threads(args.threads)
-    model_dir = args.model or _smollm2_model()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model_dir, model, tokenizer = _load_model(args.model)
     picked = cal.pick_rows(list(read_jsonl(artifacts.path(args.split))), args.prompts_per_task)
     sampling = cal.Sampling(
         args.samples, args.max_tokens, args.temperature, args.batch_size, args.seed
@@ -111,27 +114,34 @@ def _calibrate(args: argparse.Namespace, console: Console) -> int:
         results = cal.calibrate(model, tokenizer, picked, sampling, bars)
     spreads = {source: result.spread for source, result in results.items()}
     spreads["all"] = cal.pooled(results)
-    path = artifacts.root / (
-        f"calibration-{args.split}-{args.prompts_per_task}x{args.samples}-"
-        f"{args.max_tokens}tok-t{args.temperature:g}.json"
-    )
     record = {
         "set": args.task_set, "split": args.split, "model": str(model_dir),
         "sampling": asdict(sampling), "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(), "all": spreads["all"].to_dict(),
+        "load_average": {"start": load_before, "end": os.getloadavg()},
+        "all": spreads["all"].to_dict(),
         "tasks": {source: result.to_dict() for source, result in results.items()},
     }  # fmt: skip
+    name = f"{args.prompts_per_task}x{args.samples}-{args.max_tokens}tok-t{args.temperature:g}"
+    path = artifacts.root / f"calibration-{args.split}-{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     console.print(cal.table(spreads), markup=False, soft_wrap=True)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    console.print(f"{path} (load average {load})", soft_wrap=True)
+    loads = record["load_average"]
+    shown = {when: ", ".join(f"{x:.2f}" for x in load) for when, load in loads.items()}
+    console.print(f"{path} (load average {shown['start']} at the start, {shown['end']} at the end)",
+                  soft_wrap=True)  # fmt: skip
     return 0
 
 
-def _smollm2_model() -> Path:
-    from trainer.smollm2.build import ensure_smollm2
+def _load_model(model_dir: Path | None) -> tuple[Path, Any, Any]:
+    """(directory, model, tokenizer): `model_dir`, else the SmolLM2 build's model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return ensure_smollm2().model_dir
+    if model_dir is None:
+        from trainer.smollm2.build import ensure_smollm2
+
+        model_dir = ensure_smollm2().model_dir
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return model_dir, model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def main(argv: list[str]) -> int:
