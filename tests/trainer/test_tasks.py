@@ -399,3 +399,19 @@ def test_calibrate_samples_smollm2_and_rescores_alike(monkeypatch, tmp_path: Pat
     assert "| chain_sum | 2 x 2 |" in table and "| all | 4 x 2 |" in table
     assert main(["calibrate", "--rescore", str(saved)]) == 0
     assert capsys.readouterr().out.strip() == table
+
+
+def test_the_smollm2_tasks_config_resolves(monkeypatch, tmp_path: Path) -> None:
+    from trainer.config import load_config
+
+    monkeypatch.setenv("PILOT_COMMIT_CACHE", str(tmp_path))
+    built = SimpleNamespace(model_dir=tmp_path / "smollm2-model")
+    monkeypatch.setattr("trainer.smollm2.build.ensure_smollm2", lambda seed=0: built)
+    root = Path(__file__).resolve().parents[2]
+    config = resolve_data(load_config(root / "configs" / "smollm2-tasks.toml"))
+    assert config.data.test_path is not None and config.data.test_path.name == "validation.jsonl"
+    assert config.model.path == built.model_dir and config.data.task_field == "task"
+    check_data(config)
+    rows = read_rows(config.data.test_path, config.data)
+    assert {row.task for row in rows} == {"numeric", "exact"}
+    assert len(rows) == SETS["smollm2-mix"].size("validation")
