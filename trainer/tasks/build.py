@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from services.common.progress import LineProgress
 
 # Bump when the code changes what a build produces, so stale caches are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)

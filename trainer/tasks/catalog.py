@@ -51,6 +51,15 @@ class TaskSpec:
             "sizes": {split: self.size(split) for split in SPLITS},
         }
 
+    @classmethod
+    def from_definition(cls, definition: dict[str, Any]) -> TaskSpec:
+        """The spec `definition()` describes (lists where the catalog had tuples)."""
+        sizes = definition["sizes"]
+        return cls(
+            definition["source"], dict(definition["config"]), definition["kind"],
+            definition["instruction"], sizes["train"], sizes["validation"], sizes["test"],
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TaskSet:

@@ -13,6 +13,13 @@ seed and config give the same questions on any machine, with no download. Per ta
 
 Then each split's rows of all tasks are interleaved in a seeded shuffle. reasoning-gym is
 imported only when a set is drawn: it is the optional `tasks` extra.
+
+Seeds alone do not make the draw repeatable: some generators pick from a Python set
+(`ransom_note` and `isomorphic_strings` choose letters with `rng.choice(list(letters))`),
+and a set of strings iterates in an order that follows string hashing, which Python
+randomises per process. So each task is drawn in a child process (`python -m
+trainer.tasks.generate`) whose hash seed is fixed, `PYTHONHASHSEED=0`, unless this process
+already runs with it.
 """
 
 from __future__ import annotations
@@ -20,15 +27,24 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import json
+import os
 import random
-from collections.abc import Callable
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import trainer
 from trainer.tasks.catalog import SPLITS, TaskSet, TaskSpec
 
 DISTRIBUTION = "reasoning-gym"
+# The string-hash seed tasks are drawn under (see the module docstring).
+HASH_SEED = "0"
 # Pool sizes tried, as multiples of the distinct questions a task needs.
 POOL_FACTORS = (2, 8)
 
@@ -129,8 +145,12 @@ def make_row(spec: TaskSpec, drawn: Drawn) -> dict[str, Any]:
     }
 
 
-def split_task(spec: TaskSpec, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """This task's rows per split, disjoint in their questions."""
+Rows = dict[str, list[dict[str, Any]]]  # split -> rows
+
+
+def split_task(spec: TaskSpec, seed: int) -> Rows:
+    """This task's rows per split, disjoint in their questions, drawn in this process
+    (repeatable only under `PYTHONHASHSEED=HASH_SEED`: use `draw_tasks`)."""
     drawn = draw_distinct(spec, seed)
     random.Random(f"{seed}:{spec.source}:splits").shuffle(drawn)
     out, start = {}, 0
@@ -141,17 +161,81 @@ def split_task(spec: TaskSpec, seed: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def draw_tasks(specs: Sequence[TaskSpec], seed: int) -> Iterator[tuple[TaskSpec, Rows]]:
+    """Each task's rows per split, task by task, the same in every process: drawn here
+    when this process hashes with `HASH_SEED`, else in one child process that does."""
+    if os.environ.get("PYTHONHASHSEED") == HASH_SEED:
+        for spec in specs:
+            yield spec, split_task(spec, seed)
+        return
+    reasoning_gym()  # a missing extra is reported here, not by the child
+    yield from _draw_in_child(specs, seed)
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "SpaceTooSmall": SpaceTooSmall,
+    "ReasoningGymMissing": ReasoningGymMissing,
+}
+
+
+def _draw_in_child(specs: Sequence[TaskSpec], seed: int) -> Iterator[tuple[TaskSpec, Rows]]:
+    """`draw_tasks` in `python -m trainer.tasks.generate` under the fixed hash seed: one
+    JSON line per task comes back as soon as it is drawn; its errors are raised here."""
+    root = str(Path(trainer.__file__).resolve().parent.parent)  # this checkout's packages
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONHASHSEED": HASH_SEED, "PYTHONPATH": path}
+    request = {"specs": [spec.definition() for spec in specs], "seed": seed}
+    with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+        [sys.executable, "-m", "trainer.tasks.generate"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env,
+    ) as child:  # fmt: skip
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(json.dumps(request))
+        child.stdin.close()
+        drawn = 0
+        for spec, line in zip(specs, child.stdout, strict=False):
+            answer = json.loads(line)
+            if answer.get("error") in _ERRORS:
+                raise _ERRORS[answer["error"]](answer["message"])
+            yield spec, answer["rows"]
+            drawn += 1
+        if child.wait() != 0 or drawn < len(specs):
+            errors.seek(0)
+            raise RuntimeError(
+                f"drawing tasks failed (exit status {child.returncode}): "
+                f"{errors.read().strip()[-2000:]}"
+            )
+
+
 def build_splits(
     task_set: TaskSet, seed: int, on_task: Callable[[TaskSpec], None] | None = None
-) -> dict[str, list[dict[str, Any]]]:
+) -> Rows:
     """Every task's rows, each split's interleaved in a seeded shuffle; `on_task(spec)` is
     called after each task is drawn (progress)."""
-    rows: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    for spec in task_set.tasks:
-        for split, task_rows in split_task(spec, seed).items():
-            rows[split] += task_rows
+    rows: Rows = {split: [] for split in SPLITS}
+    for spec, task_rows in draw_tasks(task_set.tasks, seed):
+        for split in SPLITS:
+            rows[split] += task_rows[split]
         if on_task is not None:
             on_task(spec)
     for split in SPLITS:
         random.Random(f"{seed}:{split}").shuffle(rows[split])
     return rows
+
+
+def _child() -> int:
+    """The child of `_draw_in_child`: task definitions and the seed as JSON on stdin; one
+    JSON line per task on stdout, its rows or its error (then it stops)."""
+    request = json.loads(sys.stdin.read())
+    specs = [TaskSpec.from_definition(d) for d in request["specs"]]
+    try:
+        for _, rows in draw_tasks(specs, request["seed"]):
+            print(json.dumps({"rows": rows}), flush=True)
+    except tuple(_ERRORS.values()) as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())
