@@ -6,16 +6,11 @@ this module re-scores them with the trainer's model, forms group advantages and 
 stays in eval mode throughout: dropout is off for scoring and for the updates, whatever
 the model's config sets.
 
-Every logprob here is of the distribution the rollouts were sampled from: the logits are
-divided by the sampling temperature before the log-softmax (as TRL's GRPOTrainer and
-verl's dp_actor do), which is what the generation servers report
-(services/generation/sampling.py). A micro-batch is laid out as verl's actor and TRL lay
-it out: prompts left-padded to one width, completions right-padded after them, position
-ids counted from each row's first real token, so the logits of the completion positions
-alone are computed (`logits_to_keep`): the prompt's share of the 49k-wide output
-projection and log-softmax, most of a short completion's tokens, is never paid. With one
-mini-batch per step the PPO ratio is exactly 1, so the old logprobs are the update's own,
-detached, instead of a second no-grad pass.
+Every logprob here is of the distribution the rollouts were sampled from (logits divided
+by the sampling temperature), computed at completion positions only, each distinct prompt
+once per micro-batch (trainer/scoring.py). With one mini-batch per step the PPO ratio is
+exactly 1, so the old logprobs are the update's own, detached, instead of a second no-grad
+pass.
 """
 
 from __future__ import annotations
@@ -33,15 +28,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from services.common.devices import pick_device
 from trainer import distributed
-from trainer.algos import (
-    PolicyLossInput,
-    group_advantages,
-    lr_factor,
-    policy_loss,
-    token_logprobs,
-)
+from trainer.algos import PolicyLossInput, group_advantages, lr_factor, policy_loss
 from trainer.config import OptimSection
 from trainer.distributed import Ranks
+from trainer.scoring import RolloutBatch, collate, score
 
 
 @dataclass
@@ -52,53 +42,6 @@ class Rollout:
     completion_ids: list[int]
     gen_logprobs: list[float]
     reward: float
-
-
-@dataclass
-class _Batch:
-    ids: Tensor  # [N, P + C] prompts left-padded to P tokens, then completions right-padded to C
-    attention: Tensor  # [N, P + C] 1 on real tokens
-    positions: Tensor  # [N, P + C] position ids, 0 at each row's first prompt token
-    targets: Tensor  # [N, C] completion tokens (pad where the row's completion ended)
-    mask: Tensor  # [N, C] 1 on real completion tokens
-    gen_logprobs: Tensor  # [N, C] the generation server's logprobs
-    old_logprobs: Tensor | None  # [N, C] before this step's updates; None: the update's own
-
-
-def collate(
-    rollouts: Sequence[Rollout],
-    pad_id: int,
-    device: torch.device,
-    old_logprobs: Sequence[Sequence[float]] | None = None,
-) -> _Batch:
-    """Left-pad the prompts and right-pad the completions of `rollouts` (module docstring);
-    per-completion-token values line up with `targets`."""
-    n = len(rollouts)
-    width_p = max(len(r.prompt_ids) for r in rollouts)
-    width_c = max(1, max(len(r.completion_ids) for r in rollouts))
-    ids = torch.full((n, width_p + width_c), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width_p + width_c), dtype=torch.long)
-    mask, gen, old = (torch.zeros((n, width_c)) for _ in range(3))
-    for i, r in enumerate(rollouts):
-        p, c = len(r.prompt_ids), len(r.completion_ids)
-        ids[i, width_p - p : width_p] = torch.tensor(r.prompt_ids)
-        ids[i, width_p : width_p + c] = torch.tensor(r.completion_ids, dtype=torch.long)
-        attention[i, width_p - p : width_p + c] = 1
-        mask[i, :c] = 1.0
-        gen[i, :c] = torch.tensor(r.gen_logprobs[:c])
-        if old_logprobs is not None:
-            old[i, :c] = torch.tensor(old_logprobs[i])
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    targets = ids[:, width_p:]
-    return _Batch(
-        ids=ids.to(device),
-        attention=attention.to(device),
-        positions=positions.to(device),
-        targets=targets.to(device),
-        mask=mask.to(device),
-        gen_logprobs=gen.to(device),
-        old_logprobs=old.to(device) if old_logprobs is not None else None,
-    )
 
 
 def train_only_top_layers(model: PreTrainedModel, count: int | None) -> set[str] | None:
@@ -269,17 +212,14 @@ class Policy:
 
     # ---- scoring and training ----
 
-    def _logprobs(self, model: PreTrainedModel, batch: _Batch) -> Tensor:
-        """[N, C] logprobs of `batch.targets` under `model` at the sampling temperature;
-        the logits of the completion positions alone are computed."""
-        logits = model(
-            input_ids=batch.ids,
-            attention_mask=batch.attention,
-            position_ids=batch.positions,
-            use_cache=False,
-            logits_to_keep=batch.targets.shape[1] + 1,
-        ).logits[:, :-1]
-        return token_logprobs(logits, batch.targets, self.temperature)
+    def _logprobs(self, model: PreTrainedModel, batch: RolloutBatch) -> Tensor:
+        """[N, C] logprobs of `batch.targets` under `model` at the sampling temperature
+        (trainer/scoring.py). Prompts are shared in one process without gradient
+        checkpointing (which turns transformers' KV cache off); with several ranks FSDP needs
+        the same forwards on every rank, and a rank's idle pass (`_idle_pass`) is one
+        forward where the shared path takes one or two."""
+        shared = not self.gradient_checkpointing and self.world == 1
+        return score(model, batch, self.temperature, shared_prompts=shared)
 
     def _idle_pass(self, backward: bool) -> None:
         """A rank with no rollouts left in a micro-batch its peers still run: a forward
@@ -336,18 +276,22 @@ class Policy:
             # clears it), so the dropout modules beneath them stay off.
             for layer in distributed.decoder_layers(self.model):
                 layer.training = True
-        rollouts, advantages = [], []
-        for group in groups:
+        rollouts, advantages, group_of = [], [], []
+        for index, group in enumerate(groups):
             rewards = torch.tensor([r.reward for r in group])
             advantages += group_advantages(rewards, cfg.adv_eps).tolist()
             rollouts += list(group)
+            group_of += [index] * len(group)
         rollouts = [rollouts[i] for i in order]
         adv = torch.tensor([advantages[i] for i in order])
+        group_of = [group_of[i] for i in order]
         mini = max(1, -(-len(rollouts) // cfg.mini_batches))
         minis = [
             list(range(s, min(s + mini, len(rollouts)))) for s in range(0, len(rollouts), mini)
         ]
-        shares = [m[self.rank :: self.world] for m in minis]
+        # A mini-batch's gradient does not depend on its order: each rank takes its share
+        # group by group, so a micro-batch holds whole groups and scores each prompt once.
+        shares = [sorted(m[self.rank :: self.world], key=group_of.__getitem__) for m in minis]
         old: dict[int, list[float]] | None = None
         if len(minis) > 1:  # later updates need the logprobs from before the first one
             mine = [i for share in shares for i in share]
@@ -434,7 +378,7 @@ class Policy:
             grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         return {**sums, "grad_norm": float(grad_norm)}
 
-    def _loss_input(self, batch: _Batch, adv: Tensor, normalizer: float) -> PolicyLossInput:
+    def _loss_input(self, batch: RolloutBatch, adv: Tensor, normalizer: float) -> PolicyLossInput:
         cfg = self.optim_cfg
         ref = None
         if self.reference is not None:

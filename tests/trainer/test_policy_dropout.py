@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from trainer.config import OptimSection
-from trainer.policy import Policy, Rollout, collate
+from trainer.policy import Policy, Rollout
+from trainer.scoring import collate
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 
 

@@ -15,7 +15,8 @@ import torch
 from trainer.algos import token_logprobs
 from trainer.config import OptimSection
 from trainer.generation.landing import reference_logprobs
-from trainer.policy import Policy, Rollout, collate
+from trainer.policy import Policy, Rollout
+from trainer.scoring import collate, score
 from trainer.tiny.model import build_tokenizer, init_model, tiny_llama_config
 
 TEMPERATURE = 0.7
@@ -72,17 +73,42 @@ def test_padded_batch_gives_each_rows_unpadded_tempered_logprobs(
         assert row != pytest.approx(raw, abs=1e-3)  # the temperature is applied, not ignored
 
 
-def test_collate_lines_completions_up_with_their_targets() -> None:
+def test_collate_keeps_each_distinct_prompt_once_and_lines_completions_up() -> None:
     rollouts = uneven_rollouts()
+    rollouts = [*rollouts, Rollout(rollouts[1].prompt_ids, [7, 8, 9], [-1.0] * 3, 0.0)]
     batch = collate(rollouts, pad_id=0, device=torch.device("cpu"))
-    width_p = max(len(r.prompt_ids) for r in rollouts)
+    assert batch.prompts.shape[0] == len(rollouts) - 1  # the repeated prompt is kept once
+    assert batch.rows.tolist() == [0, 1, 2, 3, 4, 1]
     for i, r in enumerate(rollouts):
         c = len(r.completion_ids)
         assert batch.targets[i, :c].tolist() == r.completion_ids
         assert batch.mask[i].tolist() == [1.0] * c + [0.0] * (batch.mask.shape[1] - c)
-        real = batch.ids[i][batch.attention[i].bool()].tolist()
-        assert real == r.prompt_ids + r.completion_ids
-        assert batch.positions[i, width_p - len(r.prompt_ids)].item() == 0
+        row = int(batch.rows[i])
+        prompt = batch.prompts[row][batch.prompt_mask[row].bool()].tolist()
+        assert prompt == r.prompt_ids
+
+
+def test_shared_prompts_give_the_joint_pass_logprobs_and_gradients(
+    model_dir: Path, attention: str
+) -> None:
+    """The G rollouts of a group scored on one copy of their prompt's KV cache equal one
+    pass over each prompt + completion: values and the gradients they send back."""
+    policy = policy_with(model_dir, attention, OptimSection())
+    rollouts = uneven_rollouts()
+    groups = [Rollout(r.prompt_ids, r.completion_ids[::-1], r.gen_logprobs, 0.0) for r in rollouts]
+    batch = collate(rollouts + groups, policy.pad_id, policy.device)
+    results = []
+    for shared in (True, False):
+        policy.model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            logp = score(policy.model, batch, TEMPERATURE, shared_prompts=shared)
+            (logp * batch.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in policy.model.named_parameters()}
+        results.append(((logp * batch.mask).detach(), grads))
+    (shared_logp, shared_grads), (joint_logp, joint_grads) = results
+    assert torch.allclose(shared_logp, joint_logp, atol=1e-5)
+    for name, grad in joint_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_token_logprobs_divides_by_the_temperature() -> None:
