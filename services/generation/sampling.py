@@ -54,17 +54,20 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Draw one token per row of [B, V] `logprobs` (`sampling_logprobs`); returns [B] int64.
 
-    Rows where `greedy` [B] is set take the argmax. Sampling uses the exponential-race
-    form of the categorical (argmax of p / E, E ~ Exp(1)) so that each seeded row draws
-    its noise from its own generator, which makes a seeded request reproducible whatever
-    batch it joins.
+    Rows where `greedy` [B] is set take the argmax. The others invert their cumulative
+    distribution (float64) at one uniform draw, taken from the row's own generator when it
+    has one (else from `shared`), so a seeded row draws the same token whatever batch it
+    joins, and each row costs one random number, not one per vocabulary entry (the
+    exponential race this replaces drew 49k per row and step: a sixth of a SmolLM2 decode
+    step on the CPU). Tokens outside the top-p nucleus (probability 0) are never drawn.
     """
-    probs = logprobs.exp()
-    noise = torch.empty_like(probs).exponential_(generator=shared)
+    cdf = logprobs.double().exp().cumsum(dim=-1)
+    uniform = torch.rand(logprobs.shape[0], generator=shared, dtype=torch.float64)
     for row, generator in enumerate(generators):
         if generator is not None:
-            noise[row].exponential_(generator=generator)
-    sampled = (probs / noise).argmax(dim=-1)
+            uniform[row] = torch.rand((), generator=generator, dtype=torch.float64)
+    uniform = (uniform.to(cdf.device) * cdf[:, -1])[:, None]
+    sampled = torch.searchsorted(cdf, uniform, right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
     return torch.where(greedy, logprobs.argmax(dim=-1), sampled)
 
 
