@@ -181,7 +181,8 @@ def test_the_catalog_sets_are_valid_and_big_enough() -> None:
         assert all(spec.kind in TASKS for spec in task_set.tasks)
     mix = SETS["smollm2-mix"]
     assert len(mix.tasks) >= 3
-    assert mix.size("train") >= 2000
+    # configs/smollm2.toml pilots 12 prompts a round: 30 steps of 3 rounds is 1,080 prompts
+    assert mix.size("train") >= 1200
     assert mix.size("validation") >= 300 and mix.size("test") >= 300
 
 
@@ -299,6 +300,10 @@ async def test_eval_sends_kinds_and_logs_accuracy_by_source(small: Path, monkeyp
     row = await loop.evaluate(t)  # type: ignore[arg-type]
     assert row["eval_accuracy_by_source"] == {"chain_sum": 1.0, "ransom_note": 0.0}
     assert row["eval_accuracy"] == pytest.approx(6 / 11)
+    # the wrong answers carried no answer at all: what accuracy there is, is all answered
+    assert row["eval_answered"] == pytest.approx(6 / 11)
+    assert row["eval_accuracy_answered"] == 1.0
+    assert row["eval_answered_by_source"] == {"chain_sum": 1.0, "ransom_note": 0.0}
     assert [i.task for i in verifier.items] == [r["task"] for r in rows]
 
 
@@ -442,15 +447,17 @@ def test_calibrate_samples_smollm2_and_rescores_alike(monkeypatch, tmp_path: Pat
     assert capsys.readouterr().out.strip() == table
 
 
-def test_the_smollm2_tasks_config_resolves(monkeypatch, tmp_path: Path) -> None:
+def test_the_smollm2_config_resolves_to_the_task_set(monkeypatch, tmp_path: Path) -> None:
     from trainer.config import load_config
 
     monkeypatch.setenv("PILOT_COMMIT_CACHE", str(tmp_path))
     built = SimpleNamespace(model_dir=tmp_path / "smollm2-model")
     monkeypatch.setattr("trainer.smollm2.build.ensure_smollm2", lambda seed=0: built)
     root = Path(__file__).resolve().parents[2]
-    config = resolve_data(load_config(root / "configs" / "smollm2-tasks.toml"))
-    assert config.data.test_path is not None and config.data.test_path.name == "validation.jsonl"
+    tuning = load_config(root / "configs" / "smollm2.toml", ['data.eval_split="validation"'])
+    assert resolve_data(tuning).data.test_path.name == "validation.jsonl"  # type: ignore[union-attr]
+    config = resolve_data(load_config(root / "configs" / "smollm2.toml"))
+    assert config.data.test_path is not None and config.data.test_path.name == "test.jsonl"
     assert config.model.path == built.model_dir and config.data.task_field == "task"
     check_data(config)
     rows = read_rows(config.data.test_path, config.data)

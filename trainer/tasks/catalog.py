@@ -126,12 +126,15 @@ SMOLLM2_CANDIDATES = (
 # near chance (every prompt sometimes right), single-digit arithmetic and small GCDs that
 # it sometimes gets (a share never), and "Alice in Wonderland" sibling counts it mostly
 # misses (half never). Arithmetic sizes are bounded by their spaces: 200 distinct
-# chain_sum questions, 100 products, about 400 GCDs up to 20.
+# chain_sum questions, 100 products, about 400 GCDs up to 20. The True/False tasks are
+# the smaller share (39% of each split): a policy that always answers one way reaches their
+# chance level, 0.5, from the 0.28-0.42 measured, so a mix led by them could gain points
+# by learning an answer bias alone.
 SMOLLM2_MIX = (
     TaskSpec("ransom_note", {"max_note_length": 10, "max_magazine_length": 30,
-                             "p_solvable": 0.5}, "exact", TRUE_FALSE, 600, 100, 100),
+                             "p_solvable": 0.5}, "exact", TRUE_FALSE, 300, 60, 60),
     TaskSpec("isomorphic_strings", {"max_string_length": 10, "p_solvable": 0.5},
-             "exact", TRUE_FALSE, 600, 100, 100),
+             "exact", TRUE_FALSE, 300, 60, 60),
     TaskSpec("aiw", {"max_entities": 6}, "numeric", NUMBER_ONLY, 400, 80, 80),
     TaskSpec("gcd", {"max_value": 20}, "numeric", NUMBER_ONLY, 260, 50, 50),
     TaskSpec("chain_sum", SINGLE_DIGITS, "numeric", NUMBER_ONLY, 120, 40, 40),
