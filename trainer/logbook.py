@@ -64,6 +64,12 @@ class Logbook:
                     if "eval_accuracy_greedy" in row
                     else ""
                 )
+                + (f", answered {row['eval_answered']:.3f}" if "eval_answered" in row else "")
+                + (
+                    f" ({row['eval_accuracy_answered']:.3f} of them right)"
+                    if row.get("eval_accuracy_answered") is not None
+                    else ""
+                )
             )
         else:
             self._progress.update(self._task, completed=row["step"], status=self._status(row))

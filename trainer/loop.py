@@ -39,7 +39,7 @@ from services.generation.client import (
     SamplingParams,
 )
 from services.verifier.client import VerifierClient
-from services.verifier.models import ScoreItem, Task
+from services.verifier.models import ScoreItem, ScoreResult, Task
 from trainer import run_checkpoint
 from trainer.algos import clustered_mean_stderr
 from trainer.config import TrainerConfig
@@ -473,34 +473,51 @@ async def evaluate_and_log(t: Trainer) -> None:
 
 async def evaluate(t: Trainer) -> dict[str, Any]:
     """Accuracy of answers sampled at temperature 1.0 (and greedy) on held-out prompts,
-    with its clustered standard error (trainer.algos.clustered_mean_stderr)."""
+    with its clustered standard error (trainer.algos.clustered_mean_stderr).
+
+    Besides accuracy, the row says how much of it is format: `eval_answered` is the share
+    of sampled answers the verifier could read an answer from (reason `match` or
+    `mismatch`), `eval_accuracy_answered` the accuracy among those (null when none), and
+    `eval_answered_by_source` the share per task source. A gain in accuracy that is only
+    the model learning the answer format raises `eval_answered` and leaves
+    `eval_accuracy_answered` where it was.
+    """
     cfg = t.cfg
     count = min(cfg.eval.prompts, len(t.eval_data.answers))
-    correct = await eval_correct(t, count, cfg.eval.samples, 1.0)
+    results = await eval_results(t, count, cfg.eval.samples, 1.0)
+    correct = [[r.correct for r in prompt] for prompt in results]
+    answered = [[r.reason in ("match", "mismatch") for r in prompt] for prompt in results]
     sampled, stderr = clustered_mean_stderr(correct)
+    n_answered = sum(map(sum, answered))
     row: dict[str, Any] = {
         "kind": "eval",
         "step": t.step,
         "eval_accuracy": sampled,
+        "eval_accuracy_stderr": stderr,
+        "eval_answered": n_answered / max(1, sum(map(len, answered))),
+        "eval_accuracy_answered": (sum(map(sum, correct)) / n_answered if n_answered else None),
         "eval_prompts": count,
         "eval_samples": cfg.eval.samples,
         "rollouts_total": t.allocator_counts.rollouts_total,
         "wall_s": t.wall_s,
     }
-    row["eval_accuracy_stderr"] = stderr
     if t.eval_data.sources is not None:
-        by_source = accuracy_by_source(correct, t.eval_data.sources[:count])
+        sources = t.eval_data.sources[:count]
+        by_source = accuracy_by_source(correct, sources)
         if by_source:
             row["eval_accuracy_by_source"] = by_source
+            row["eval_answered_by_source"] = accuracy_by_source(answered, sources)
     if cfg.eval.greedy:
-        greedy, _ = clustered_mean_stderr(await eval_correct(t, count, 1, 0.0))
-        row["eval_accuracy_greedy"] = greedy
+        greedy = await eval_results(t, count, 1, 0.0)
+        row["eval_accuracy_greedy"] = clustered_mean_stderr(
+            [[r.correct for r in prompt] for prompt in greedy]
+        )[0]
     return row
 
 
 def accuracy_by_source(correct: list[list[bool]], sources: list[str | None]) -> dict[str, float]:
-    """Mean accuracy over the prompts of each source (prompts without one are left out),
-    sources in name order; `correct[i]` are prompt i's answers."""
+    """Mean share of true values over the prompts of each source (prompts without one are
+    left out), sources in name order; `correct[i]` are prompt i's answers."""
     shares: dict[str, list[float]] = defaultdict(list)
     for answers, source in zip(correct, sources, strict=True):
         if source is not None:
@@ -508,11 +525,11 @@ def accuracy_by_source(correct: list[list[bool]], sources: list[str | None]) -> 
     return {source: sum(v) / len(v) for source, v in sorted(shares.items())}
 
 
-async def eval_correct(
+async def eval_results(
     t: Trainer, count: int, samples: int, temperature: float
-) -> list[list[bool]]:
-    """Whether each answer was right: `samples` answers for each of the first `count`
-    held-out prompts, grouped by prompt."""
+) -> list[list[ScoreResult]]:
+    """The verifier's verdict on `samples` answers for each of the first `count` held-out
+    prompts, grouped by prompt."""
     s = t.cfg.sampling
     params = SamplingParams(
         max_tokens=s.max_tokens,
@@ -536,7 +553,6 @@ async def eval_correct(
         for smp in c.samples
     ]
     results = await t.services.verifier.score(items)
-    correct = [r.correct for r in results]
     sizes = [len(c.samples) for c in completions]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return [correct[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    return [results[start : start + size] for start, size in zip(starts, sizes, strict=True)]
