@@ -178,8 +178,9 @@ def test_chat_template_prompt_and_completion_ids_round_trip(tokenizer) -> None:
 
 
 def smollm2_config(steps: int, *extra: str) -> TrainerConfig:
-    """configs/smollm2.toml as `pilot-commit train` resolves it, shortened for a test:
-    2 prompts per step, G = 4 (a 135M model trains about 4 rollouts per 15 s on 2 cores)."""
+    """configs/smollm2.toml as `pilot-commit train` resolves it (the smollm2-mix task set),
+    shortened for a test: 2 prompts per step, G = 4, gate band [0, 1] so that no step can
+    run out of rounds, 4 evaluation prompts."""
     from trainer.cli import resolve_data
     from trainer.config import load_config
 
@@ -190,7 +191,7 @@ def smollm2_config(steps: int, *extra: str) -> TrainerConfig:
         "allocation.p_upper=0.0", *extra,
     ]  # fmt: skip
     config = resolve_data(load_config(CONFIG, overrides))
-    assert config.data.smollm2 and config.data.chat_template
+    assert config.data.tasks == "smollm2-mix" and config.data.chat_template
     return config
 
 
