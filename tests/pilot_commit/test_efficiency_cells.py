@@ -203,8 +203,8 @@ def test_an_interrupted_cell_resumes_to_the_same_cell_json(
     assert resumed == straight
 
 
-def test_a_cell_folder_of_another_config_is_refused(assets: Path, tmp_path: Path) -> None:
-    config = make_suite(assets, ["grpo"], [0]).cell_config(SETTING, "grpo", 0)
+def test_a_cell_folder_of_another_config_is_refused(tmp_path: Path) -> None:
+    config = make_suite(tmp_path / "assets", ["grpo"], [0]).cell_config(SETTING, "grpo", 0)
     assert prepare_output(tmp_path, config) is None
     other = config.model_copy(update={"run": config.run.model_copy(update={"max_rollouts": 9})})
     with pytest.raises(SystemExit, match="another config"):
