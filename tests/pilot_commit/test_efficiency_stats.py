@@ -80,8 +80,12 @@ def test_censored_cells_enter_at_their_lower_bound_and_are_listed() -> None:
     assert ratio is not None and ratio.censored_seeds == (0, 2)
     assert ratio.per_seed == {0: 4.0, 1: 2.0, 2: 1.0}  # seed 2: neither reached it, a tie
     assert ratio.point == pytest.approx(2.0)  # the median seed's ratio
+    # grpo reached it at 3,300 (its overshoot past the budget), pc spent 3,200 and never
+    # did: not a win for pc, a tie; likewise the other way round
     late = paired_ratio(("grpo", "pc"), {0: ToTarget(3300.0, False)}, {0: ToTarget(3200.0, True)})
-    assert late is not None and late.per_seed == {0: 3300 / 3200}  # an upper bound on it
+    assert late is not None and late.per_seed == {0: 1.0}
+    early = paired_ratio(("grpo", "pc"), {0: ToTarget(3200.0, True)}, {0: ToTarget(3300.0, False)})
+    assert early is not None and early.per_seed == {0: 1.0}
 
 
 def test_a_target_met_at_the_start_is_a_tie() -> None:

@@ -16,9 +16,10 @@ the paired ratios*, computed as exp(median(log r_k)) so that num/den is exactly 
 that resamples seed indices (each draw takes whole pairs, so both strategies' cells of a
 seed stay together). A censored cell enters at its lower bound, which pulls its ratio
 towards 1 whichever side it is on (a censored baseline understates the other's win, a
-censored other strategy understates its loss); a seed where both were censored counts as
-a tie (ratio 1: the budget ran out for both, no evidence either way). The seeds involved
-are listed with each ratio.
+censored other strategy understates its loss), and never past 1: a censored cell does
+not count as the faster of its pair (that seed is then a tie); a seed where both were
+censored counts as a tie too (ratio 1: the budget ran out for both, no evidence either
+way). The seeds involved are listed with each ratio.
 
 Seeds needed: with s the standard deviation of the paired log-ratios, the median of n of
 them has a standard error of about sqrt(pi / 2) s / sqrt(n) (normal approximation), so a
@@ -43,7 +44,8 @@ METHOD = (
     "paired seeds; per setting, the median over seeds of the paired ratio of rollouts to "
     "target (exp of the median log-ratio); 95% percentile bootstrap over seed indices, "
     f"{BOOTSTRAP_DRAWS} draws; a cell that never reached the target enters at the rollouts "
-    "it spent (censored, listed), and a seed where both were censored is a tie; seeds "
+    "it spent (censored, listed) and never counts as the faster of its pair; a seed where "
+    "both were censored is a tie; seeds "
     "for 1.5x: (pi/2) (z s / ln 1.5)^2, s the standard deviation of the paired log-ratios"
 )
 
@@ -117,11 +119,19 @@ def fix_target(curves: Mapping[int, Sequence[EvalPoint]], fraction: float = 0.7)
 def pair_ratio(numerator: ToTarget, denominator: ToTarget) -> float:
     """One seed's ratio: 1 when both were censored (neither reached the target within
     the budget: no evidence either way) or both met it at the start; a cell at the
-    target from the start otherwise counts as 1 rollout."""
+    target from the start otherwise counts as 1 rollout. A censored cell never counts as
+    the faster of its pair: strategies overshoot the budget by different amounts, so one
+    that reached the target at its last evaluation can show more rollouts than the other
+    spent without reaching it; that seed is a tie, not a win for the censored cell."""
     both_censored = numerator.censored and denominator.censored
     if both_censored or (numerator.rollouts == 0 and denominator.rollouts == 0):
         return 1.0
-    return max(numerator.rollouts, 1.0) / max(denominator.rollouts, 1.0)
+    ratio = max(numerator.rollouts, 1.0) / max(denominator.rollouts, 1.0)
+    if numerator.censored:
+        return max(ratio, 1.0)
+    if denominator.censored:
+        return min(ratio, 1.0)
+    return ratio
 
 
 def median_ratio(log_ratios: np.ndarray) -> float:
