@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,7 @@ from pilot_commit.bench.efficiency.suites import (
     RealSuite,
     Setting,
     Suite,
+    check_suite,
     real_batch_sizes,
     strategy_table,
     tiny_settings,
@@ -112,3 +115,23 @@ def test_real_suite_overrides_only_seed_budget_schedule_checkpoints_allocation(
 def test_real_suite_refuses_a_decaying_learning_rate(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="lr_schedule=constant"):
         real_suite(tmp_path, "cosine").cell_config(Setting(16), "grpo", 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strategies": ["grpo", "ppo"]}, "unknown \\['ppo'\\]"),
+        ({"strategies": ["grpo", "grpo"]}, "twice"),
+        ({"seeds": []}, "at least 1 paired seed"),
+        ({"budget": 0}, "positive budget"),
+        ({"eval_every": 0}, "between 1 and the budget"),
+        ({"eval_every": 65}, "between 1 and the budget"),
+        ({"settings": [Setting(3)]}, "G3, pilot_commit: G = 3 gives an invalid"),
+        ({"settings": []}, "no setting"),
+    ],
+)
+def test_bad_options_stop_before_any_cell_runs(change: dict[str, Any], message: str) -> None:
+    suite = Suite("t", [Setting(8)], ["grpo", "pilot_commit"], [0, 1], 64, 16, 1)
+    check_suite(suite)
+    with pytest.raises(SystemExit, match=message):
+        check_suite(dataclasses.replace(suite, **change))

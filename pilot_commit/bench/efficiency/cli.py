@@ -19,6 +19,7 @@ from pilot_commit.bench.efficiency.suites import (
     Setting,
     Suite,
     TinySuite,
+    check_suite,
     real_batch_sizes,
     tiny_settings,
 )
@@ -91,8 +92,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{option}: {text!r} is not a comma-separated list of integers") from None
+
+
+def given(value: int | None, default: int) -> int:
+    """An option's value when given (0 included, which check_suite refuses), else the
+    default."""
+    return default if value is None else value
+
+
+def known_regimes() -> list[int]:
+    """The zero-variance shares (%) the tiny build makes datasets for."""
+    from trainer.tiny.regimes import RegimeConfig
+
+    return [round(t * 100) for t in RegimeConfig().targets]
 
 
 def build_suite(args: argparse.Namespace) -> Suite:
@@ -103,16 +120,22 @@ def build_suite(args: argparse.Namespace) -> Suite:
         return quick_suite(args, strategies)
     if args.suite == "real":
         return real_suite(args, strategies)
-    budget = args.budget or TINY_BUDGET
-    settings = tiny_settings(args.axis, ints(args.regimes), ints(args.group_sizes or "16,32,64"))
+    budget = given(args.budget, TINY_BUDGET)
+    regimes = ints(args.regimes, "--regimes")
+    unknown = [r for r in regimes if r not in known_regimes()]
+    if unknown:
+        raise SystemExit(f"--regimes: no tiny dataset for {unknown}; built: {known_regimes()}")
+    settings = tiny_settings(
+        args.axis, regimes, ints(args.group_sizes or "16,32,64", "--group-sizes")
+    )
     return TinySuite(
         "tiny",
         settings,
         strategies,
-        list(range(args.seeds or 5)),
+        list(range(given(args.seeds, 5))),
         budget,
-        args.eval_every or budget // 12,
-        args.checkpoint_every or 10,
+        given(args.eval_every, budget // 12),
+        given(args.checkpoint_every, 10),
         TINY_B,
         3 * TINY_B,
         eval_prompts=args.eval_prompts,
@@ -121,15 +144,15 @@ def build_suite(args: argparse.Namespace) -> Suite:
 
 
 def quick_suite(args: argparse.Namespace, strategies: list[str]) -> Suite:
-    budget = args.budget or QUICK_BUDGET
+    budget = given(args.budget, QUICK_BUDGET)
     return TinySuite(
         "tiny-quick",
         [Setting(TINY_G, 70)],
         strategies,
-        list(range(args.seeds or 3)),
+        list(range(given(args.seeds, 3))),
         budget,
-        args.eval_every or budget // 12,
-        args.checkpoint_every or 10,
+        given(args.eval_every, budget // 12),
+        given(args.checkpoint_every, 10),
         TINY_B,
         3 * TINY_B,
         eval_prompts=args.eval_prompts,
@@ -141,15 +164,15 @@ def real_suite(args: argparse.Namespace, strategies: list[str]) -> Suite:
     if args.budget is None:
         raise SystemExit("--suite real needs --budget (rollouts per cell, the same for all)")
     b, gen = real_batch_sizes(args.config, args.overrides)
-    settings = [Setting(g) for g in ints(args.group_sizes or "16")]
+    settings = [Setting(g) for g in ints(args.group_sizes or "16", "--group-sizes")]
     return RealSuite(
         "real",
         settings,
         strategies,
-        list(range(args.seeds or 3)),
+        list(range(given(args.seeds, 3))),
         args.budget,
-        args.eval_every or args.budget // 12,
-        args.checkpoint_every or 2,
+        given(args.eval_every, args.budget // 12),
+        given(args.checkpoint_every, 2),
         b,
         gen,
         config_path=args.config,
@@ -170,6 +193,7 @@ def quick_sign(report: dict) -> str:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     suite = build_suite(args)
+    check_suite(suite)
     root = args.output / suite.name
     console = Console()
     left = [] if args.report else run_pending(suite, root, console, args.max_hours)

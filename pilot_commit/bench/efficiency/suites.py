@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from trainer.config import TrainerConfig, load_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -188,6 +190,41 @@ def real_batch_sizes(config_path: Path, overrides: list[str]) -> tuple[int, int]
     allocation = load_config(config_path, overrides).allocation
     b = allocation.train_batch_size
     return b, getattr(allocation, "gen_batch_size", None) or 3 * b
+
+
+def check_suite(suite: Suite) -> None:
+    """SystemExit naming the option at fault, before any cell runs: a bad value would
+    otherwise surface only when its first cell starts, possibly after hours of others."""
+    unknown = [s for s in suite.strategies if s not in STRATEGIES]
+    if unknown or not suite.strategies:
+        raise SystemExit(f"--strategies: unknown {unknown}; the benchmark knows {list(STRATEGIES)}")
+    if len(set(suite.strategies)) != len(suite.strategies):
+        raise SystemExit(f"--strategies: {suite.strategies} names a strategy twice")
+    if not suite.settings:
+        raise SystemExit("no setting to run: --regimes / --group-sizes are empty")
+    if not suite.seeds:
+        raise SystemExit("--seeds: at least 1 paired seed")
+    if suite.budget <= 0:
+        raise SystemExit(f"--budget: {suite.budget} rollouts; a cell needs a positive budget")
+    if not 0 < suite.eval_every <= suite.budget:
+        raise SystemExit(
+            f"--eval-every: {suite.eval_every} rollouts; it must be between 1 and the budget "
+            f"({suite.budget})"
+        )
+    for setting in suite.settings:
+        for strategy in suite.strategies:
+            table = strategy_table(
+                strategy, setting.group_size, suite.train_batch_size, suite.gen_batch_size
+            )
+            try:
+                TrainerConfig.model_validate({"allocation": table})
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise SystemExit(
+                    f"{setting.name}, {strategy}: G = {setting.group_size} gives an invalid "
+                    f"[allocation] ({where}: {first['msg']})"
+                ) from None
 
 
 def tiny_settings(axis: str, regimes: list[int], group_sizes: list[int]) -> list[Setting]:
