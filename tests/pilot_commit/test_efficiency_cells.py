@@ -211,6 +211,23 @@ def test_a_cell_folder_of_another_config_is_refused(tmp_path: Path) -> None:
         prepare_output(tmp_path, other)
 
 
+def test_a_complete_cell_of_another_config_is_refused_not_skipped(tmp_path: Path) -> None:
+    suite = make_suite(tmp_path / "assets", ["grpo"], [0])
+    other = make_suite(tmp_path / "assets", ["grpo"], [0])
+    other.budget = 128
+    path = Cell(SETTING, "grpo", 0).path(tmp_path)
+    path.mkdir(parents=True)
+    config = other.cell_config(SETTING, "grpo", 0).model_dump(mode="json")
+    curve = [{"step": 0, "rollouts": 0, "accuracy": 0.2, "stderr": 0.01, "wall_s": 0.0}]
+    record = {"config": config, "curve": curve, "budget": 128, "eval_every_rollouts": 16}
+    (path / "cell.json").write_text(json.dumps(record))
+    assert run_pending(other, tmp_path, Console(quiet=True), max_hours=0) == []
+    with pytest.raises(SystemExit, match=r"complete for another config \(sections \['run'\]"):
+        run_pending(suite, tmp_path, Console(quiet=True), max_hours=0)
+    with pytest.raises(SystemExit, match="ran 128 rollouts evaluated every 16, not the 64 / 16"):
+        rep.build_report(suite, tmp_path)
+
+
 def test_the_frozen_target_does_not_move_when_other_cells_appear(tmp_path: Path) -> None:
     def write_cell(strategy: str, seed: int, best: float) -> None:
         path = Cell(SETTING, strategy, seed).path(tmp_path)

@@ -7,7 +7,8 @@ per invocation that worked on it) and, once complete, `cell.json`. Running a sui
 
 - visits the cells in a fixed order: for each setting, every baseline (grpo) seed first,
   then the other strategies seed by seed (so an interrupted benchmark leaves whole pairs);
-- skips a cell whose `cell.json` exists; resumes one with a checkpoint from it (a fresh
+- skips a cell whose `cell.json` exists (and stops, naming it, if that came from another
+  config: another budget, schedule, data or G); resumes one with a checkpoint from it (a fresh
   Redis each invocation: the trainer restores the allocator from the checkpoint's
   snapshot, and `metrics.jsonl` is cut back to the checkpoint's step so that no row is
   counted twice); restarts one without a checkpoint;
@@ -219,6 +220,20 @@ def prepare_output(out: Path, config: TrainerConfig) -> int | None:
     return step
 
 
+def check_complete(suite: Suite, cell: Cell, root: Path) -> None:
+    """SystemExit when a complete cell came from another config than the one this suite
+    gives it (another budget, schedule, data or G): skipping it would mix two benchmarks
+    in one report and one frozen target."""
+    saved = json.loads((cell.path(root) / "cell.json").read_text()).get("config", {})
+    wanted = suite.cell_config(cell.setting, cell.strategy, cell.seed).model_dump(mode="json")
+    if saved != wanted:
+        differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        raise SystemExit(
+            f"{cell.path(root)} is complete for another config (sections {differ} differ): "
+            "give the benchmark another --output, or its earlier options"
+        )
+
+
 def drop_checkpoints(out: Path) -> None:
     """A complete cell keeps its results, not its checkpoints and pushed weights."""
     (out / run_checkpoint.POINTER).unlink(missing_ok=True)
@@ -319,7 +334,12 @@ def run_pending(
     now: Callable[[], float] = time.monotonic,
 ) -> list[Cell]:
     """Run the suite's incomplete cells in order; the cells left when `max_hours` ran out."""
-    pending = [c for c in plan_cells(suite) if not is_complete(c.path(root))]
+    pending = []
+    for cell in plan_cells(suite):
+        if is_complete(cell.path(root)):
+            check_complete(suite, cell, root)
+        else:
+            pending.append(cell)
     for setting in suite.settings:  # an earlier invocation may have stopped right before
         freeze_target(root, suite, setting)
     if not pending:

@@ -48,6 +48,13 @@ def complete_records(root: Path, suite: Suite, setting: Setting) -> Records:
     for cell in plan_cells(suite):
         if cell.setting == setting and is_complete(cell.path(root)):
             record = json.loads((cell.path(root) / "cell.json").read_text())
+            ran = (record["budget"], record["eval_every_rollouts"])
+            if ran != (suite.budget, suite.eval_every):
+                raise SystemExit(
+                    f"{cell.path(root)} ran {ran[0]:,} rollouts evaluated every {ran[1]:,}, "
+                    f"not the {suite.budget:,} / {suite.eval_every:,} asked: give --report "
+                    "the options of the run it reports on"
+                )
             records.setdefault(cell.strategy, {})[cell.seed] = record
     return records
 
