@@ -23,7 +23,7 @@ from pilot_commit.bench.efficiency.cells import (
     run_pending,
     target_path,
 )
-from pilot_commit.bench.efficiency.stats import ROLLOUT_SHARES
+from pilot_commit.bench.efficiency.stats import ROLLOUT_SHARES, ToTarget, paired_ratio
 from pilot_commit.bench.efficiency.suites import Setting, Suite
 from tests.assets import fitted_tiny_assets
 from trainer import run_checkpoint
@@ -249,3 +249,14 @@ def test_the_frozen_target_does_not_move_when_other_cells_appear(tmp_path: Path)
     more = Suite("t", [SETTING], ["grpo", "pilot_commit"], [0, 1, 2], 64, 16, 1)
     assert freeze_target(tmp_path, more, SETTING) == frozen
     assert read_target(tmp_path, SETTING) == frozen
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_ratios_go_through_report_json_and_back(n: int) -> None:
+    grpo = {k: ToTarget(200.0 + k, k == 0) for k in range(n)}
+    pc = {k: ToTarget(100.0, False) for k in range(n)}
+    ratio = paired_ratio(("grpo", "pilot_commit"), grpo, pc)
+    assert ratio is not None
+    written = json.loads(json.dumps(rep.ratio_json(ratio), allow_nan=False))
+    assert rep.ratio_from_json(written) == ratio
+    assert (written["high"] is None) == (n < 6) and written["excludes_one"] == (n >= 6)

@@ -10,7 +10,7 @@ seed), resumes an interrupted cell from its checkpoint, and starts no new cell a
 in `target.json` from its grpo cells before any other cell of the setting runs. Every
 generated rollout counts (pilots and discarded groups included). A report (after each
 invocation, or alone with --report) gives, per setting, rollouts to target per seed, the
-paired ratios against grpo with bootstrap intervals over seeds, and where the rollouts
+paired ratios against grpo with 95% intervals over seeds, and where the rollouts
 went (JSON, Markdown, PNGs).
 
 Modules: suites (what runs), cells (running and keeping cells, the frozen target),

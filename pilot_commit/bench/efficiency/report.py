@@ -6,7 +6,9 @@ lists every cell it is missing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict
@@ -20,6 +22,7 @@ from rich.table import Table
 from pilot_commit.bench.efficiency.cells import is_complete, plan_cells, read_target
 from pilot_commit.bench.efficiency.stats import (
     METHOD,
+    MIN_SEEDS,
     ROLLOUT_SHARES,
     EvalPoint,
     PairedRatio,
@@ -138,11 +141,25 @@ def summarize_setting(
 
 
 def ratio_json(ratio: PairedRatio) -> dict[str, Any]:
+    """A ratio for report.json; `low` and `high` are null when it has no interval."""
     out = asdict(ratio)
     out["per_seed"] = {str(k): v for k, v in ratio.per_seed.items()}
     out["seeds"], out["censored_seeds"] = list(ratio.seeds), list(ratio.censored_seeds)
+    if ratio.coverage is None:
+        out["low"] = out["high"] = None
     out["excludes_one"] = ratio.excludes_one()
     return out
+
+
+def ratio_from_json(out: dict[str, Any]) -> PairedRatio:
+    """The PairedRatio that ratio_json wrote."""
+    fields = {f.name for f in dataclasses.fields(PairedRatio)}
+    values = {k: out[k] for k in fields}
+    if values["coverage"] is None:
+        values["low"], values["high"] = 0.0, math.inf
+    values["per_seed"] = {int(k): v for k, v in values["per_seed"].items()}
+    values["seeds"], values["censored_seeds"] = tuple(out["seeds"]), tuple(out["censored_seeds"])
+    return PairedRatio(**values)
 
 
 def missing_cells(root: Path, suite: Suite) -> list[str]:
@@ -203,6 +220,8 @@ def fmt_median(strategy: dict[str, Any]) -> str:
 def fmt_ratio(ratio: dict[str, Any] | None) -> str:
     if ratio is None:
         return ""
+    if ratio["coverage"] is None:
+        return f"{ratio['point']:.2f} (no interval below {MIN_SEEDS} seeds, {len(ratio['seeds'])})"
     bold = "**" if ratio["excludes_one"] else ""
     return (
         f"{ratio['point']:.2f} ({bold}{ratio['low']:.2f} - {ratio['high']:.2f}{bold}, "
@@ -248,6 +267,7 @@ def other_ratios(summary: dict[str, Any]) -> list[str]:
     return [
         f"{r['numerator']} / {r['denominator']} = {fmt_ratio(r)}"
         + (f"; censored seeds {r['censored_seeds']}" if r["censored_seeds"] else "")
+        + (f"; coverage {r['coverage']:.3f}" if r["coverage"] is not None else "")
         + f"; seeds for 1.5x: {r['seeds_for_1_5x']} (80% power: {r['seeds_for_1_5x_80pct']})"
         for r in summary["ratios"]
     ]

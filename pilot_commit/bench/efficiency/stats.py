@@ -12,20 +12,29 @@ Ratios are paired by seed: seed k of two strategies shares the run seed (cells.p
 what that pairs), so the unit of evidence is the per-seed ratio r_k = x_num,k / x_den,k
 (> 1: the denominator strategy needed fewer rollouts). The statistic is the *median of
 the paired ratios*, computed as exp(median(log r_k)) so that num/den is exactly 1 /
-(den/num) also for an even number of seeds. Its 95% interval is a percentile bootstrap
-that resamples seed indices (each draw takes whole pairs, so both strategies' cells of a
-seed stay together). A censored cell enters at its lower bound, which pulls its ratio
-towards 1 whichever side it is on (a censored baseline understates the other's win, a
-censored other strategy understates its loss), and never past 1: a censored cell does
-not count as the faster of its pair (that seed is then a tie); a seed where both were
-censored counts as a tie too (ratio 1: the budget ran out for both, no evidence either
-way). The seeds involved are listed with each ratio.
+(den/num) also for an even number of seeds. Its 95% interval is the distribution-free one
+for a median, from the order statistics of the paired log-ratios: [x_(k), x_(n+1-k)] with
+k the largest rank for which P(Binomial(n, 1/2) < k) <= 2.5%, so that it covers the true
+median ratio with probability >= 95% whatever the ratios' distribution (the coverage it
+reaches is reported). It takes whole pairs: both strategies' cells of a seed stay together.
+No such interval exists below 6 seeds (with 5, even [min, max] covers only 93.75%): the
+ratio then has no interval and the sign is not told. (A percentile bootstrap over seed
+indices, used at first, is [min, max] at 3 to 5 seeds: on paired log-ratios with no
+difference it excluded 1 in 25% of draws at 3 seeds, 13% at 4 and 6% at 5, not 5%.)
+
+A censored cell enters at its lower bound, which pulls its ratio towards 1 whichever
+side it is on (a censored baseline understates the other's win, a censored other
+strategy understates its loss), and never past 1: a censored cell does not count as the
+faster of its pair (that seed is then a tie); a seed where both were censored counts as
+a tie too (ratio 1: the budget ran out for both, no evidence either way). The seeds
+involved are listed with each ratio.
 
 Seeds needed: with s the standard deviation of the paired log-ratios, the median of n of
-them has a standard error of about sqrt(pi / 2) s / sqrt(n) (normal approximation), so a
-true ratio of 1.5 gives an interval whose lower end reaches 1 on average when
-n = (pi / 2) (1.96 s / ln 1.5)^2, and excludes 1 four times in five when
-n = (pi / 2) ((1.96 + 0.84) s / ln 1.5)^2.
+them has a standard error of about sqrt(pi / 2) s / sqrt(n) (normal approximation; the
+order-statistic interval has the same large-n efficiency), so a true ratio of 1.5 gives
+an interval whose lower end reaches 1 on average when n = (pi / 2) (1.96 s / ln 1.5)^2,
+and excludes 1 four times in five when n = (pi / 2) ((1.96 + 0.84) s / ln 1.5)^2; never
+fewer than 6, the fewest seeds with a 95% interval.
 """
 
 from __future__ import annotations
@@ -39,14 +48,17 @@ import numpy as np
 Z_95 = 1.959964
 Z_80_POWER = 0.841621
 MEDIAN_VARIANCE = math.pi / 2  # var(median) / var(mean) of a normal sample, large n
-BOOTSTRAP_DRAWS = 4000
+LEVEL = 0.95
+MIN_SEEDS = 6  # the fewest paired seeds with a distribution-free 95% interval for a median
 METHOD = (
     "paired seeds; per setting, the median over seeds of the paired ratio of rollouts to "
-    "target (exp of the median log-ratio); 95% percentile bootstrap over seed indices, "
-    f"{BOOTSTRAP_DRAWS} draws; a cell that never reached the target enters at the rollouts "
-    "it spent (censored, listed) and never counts as the faster of its pair; a seed where "
-    "both were censored is a tie; seeds "
-    "for 1.5x: (pi/2) (z s / ln 1.5)^2, s the standard deviation of the paired log-ratios"
+    "target (exp of the median log-ratio); distribution-free 95% interval for the median "
+    "from the order statistics of the paired log-ratios (binomial ranks, coverage >= 95%, "
+    f"reported; none below {MIN_SEEDS} seeds); a cell that never reached the target enters "
+    "at the rollouts it spent (censored, listed) and never counts as the faster of its "
+    "pair; a seed where both were censored is a tie; seeds for 1.5x: "
+    f"max({MIN_SEEDS}, (pi/2) (z s / ln 1.5)^2), s the standard deviation of the paired "
+    "log-ratios"
 )
 
 
@@ -93,9 +105,10 @@ class PairedRatio:
     censored_seeds: tuple[int, ...] = ()
     seeds_for_1_5x: int | None = None
     seeds_for_1_5x_80pct: int | None = None
+    coverage: float | None = None  # the interval's; None: no interval (too few seeds)
 
     def excludes_one(self) -> bool:
-        return self.low > 1.0 or self.high < 1.0
+        return self.coverage is not None and (self.low > 1.0 or self.high < 1.0)
 
 
 def rollouts_to_target(curve: Sequence[EvalPoint], target: float) -> ToTarget:
@@ -138,31 +151,42 @@ def median_ratio(log_ratios: np.ndarray) -> float:
     return float(np.exp(np.median(log_ratios)))
 
 
-def bootstrap_interval(
-    log_ratios: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile 95% interval of exp(median) over resampled seed indices."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, log_ratios.size, size=(draws, log_ratios.size))
-    medians = np.median(log_ratios[picks], axis=1)
-    low, high = np.exp(np.quantile(medians, [0.025, 0.975]))  # exp is monotone: the same
-    return float(low), float(high)
+def median_rank(n: int, level: float = LEVEL) -> tuple[int, float] | None:
+    """(k, coverage): the largest k with P(Binomial(n, 1/2) < k) <= (1 - level) / 2, so
+    that [x_(k), x_(n+1-k)] covers the median with probability `coverage` >= level for any
+    continuous distribution; None when not even [min, max] reaches `level`."""
+    tail, k = 0.0, 0
+    while k < n and tail + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    return (k, 1 - 2 * tail) if k >= 1 else None
+
+
+def median_interval(log_ratios: np.ndarray) -> tuple[float, float, float | None]:
+    """(low, high, coverage) of the median ratio from the order statistics of the paired
+    log-ratios; (0, inf, None) with too few seeds for a 95% interval."""
+    rank = median_rank(log_ratios.size)
+    if rank is None:
+        return 0.0, math.inf, None
+    k, coverage = rank
+    ordered = np.sort(log_ratios)
+    return float(np.exp(ordered[k - 1])), float(np.exp(ordered[-k])), coverage
 
 
 def seeds_needed(log_ratios: np.ndarray, ratio: float = 1.5, z: float = Z_95) -> int | None:
     """Paired seeds for a true `ratio` to put the interval's end at 1 (see the module
-    docstring); None with fewer than two seeds to measure the spread on."""
+    docstring), at least MIN_SEEDS; None with fewer than two seeds to measure the spread
+    on."""
     if log_ratios.size < 2:
         return None
     spread = float(np.std(log_ratios, ddof=1))
-    return max(2, math.ceil(MEDIAN_VARIANCE * (z * spread / math.log(ratio)) ** 2))
+    return max(MIN_SEEDS, math.ceil(MEDIAN_VARIANCE * (z * spread / math.log(ratio)) ** 2))
 
 
 def paired_ratio(
     names: tuple[str, str],
     numerator: Mapping[int, ToTarget],
     denominator: Mapping[int, ToTarget],
-    draws: int = BOOTSTRAP_DRAWS,
 ) -> PairedRatio | None:
     """The paired median ratio and its interval over the seeds both have; None if none."""
     seeds = tuple(sorted(set(numerator) & set(denominator)))
@@ -170,7 +194,7 @@ def paired_ratio(
         return None
     per_seed = {k: pair_ratio(numerator[k], denominator[k]) for k in seeds}
     logs = np.log(np.array([per_seed[k] for k in seeds]))
-    low, high = bootstrap_interval(logs, draws)
+    low, high, coverage = median_interval(logs)
     censored = tuple(k for k in seeds if numerator[k].censored or denominator[k].censored)
     return PairedRatio(
         *names,
@@ -182,14 +206,20 @@ def paired_ratio(
         censored,
         seeds_needed(logs),
         seeds_needed(logs, z=Z_95 + Z_80_POWER),
+        coverage,
     )
 
 
 def sign_statement(ratio: PairedRatio) -> str:
     """Which strategy needs fewer rollouts, or that the interval cannot tell."""
-    num, den = ratio.numerator, ratio.denominator
+    num, den, n = ratio.numerator, ratio.denominator, len(ratio.seeds)
+    if ratio.coverage is None:
+        return (
+            f"{num}/{den} = {ratio.point:.2f} ({n} paired seeds): cannot tell the sign (a 95% "
+            f"interval for a median needs at least {MIN_SEEDS} paired seeds)"
+        )
     shown = f"{num}/{den} = {ratio.point:.2f} (95% interval {ratio.low:.2f} - {ratio.high:.2f}, "
-    shown += f"{len(ratio.seeds)} paired seeds)"
+    shown += f"{n} paired seeds)"
     if ratio.low > 1.0:
         return f"{shown}: {den} needs fewer rollouts to target than {num}"
     if ratio.high < 1.0:
