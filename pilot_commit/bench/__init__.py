@@ -14,7 +14,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "verifier": ("pilot_commit.bench.verifier", "scoring throughput vs math-verify in-process"),
     "generation": ("pilot_commit.bench.generation", "server tokens/s vs in-process generate"),
     "fleet": ("pilot_commit.bench.fleet", "rollout share and wall time over a fast + slow fleet"),
-    "efficiency": ("pilot_commit.bench.efficiency", "rollouts to target: GRPO, DAPO, Pilot-Commit"),
+    "efficiency": ("pilot_commit.bench.efficiency", "rollouts to target, paired seeds, in parts"),
     "memory": ("pilot_commit.bench.memory", "per-GPU training memory on paper (FSDP2, 1.5B-14B)"),
 }
 
