@@ -129,26 +129,26 @@ def build_suite(args: argparse.Namespace) -> Suite:
     settings = tiny_settings(
         args.axis, regimes, ints(args.group_sizes or "16,32,64", "--group-sizes")
     )
-    return TinySuite(
-        "tiny",
-        settings,
-        strategies,
-        list(range(given(args.seeds, MIN_SEEDS))),
-        budget,
-        given(args.eval_every, budget // 12),
-        given(args.checkpoint_every, 10),
-        TINY_B,
-        3 * TINY_B,
-        eval_prompts=args.eval_prompts,
-        eval_samples=args.eval_samples,
-    )
+    return _tiny("tiny", settings, args, strategies, budget)
 
 
 def quick_suite(args: argparse.Namespace, strategies: list[str]) -> Suite:
     budget = given(args.budget, QUICK_BUDGET)
+    return _tiny("tiny-quick", [Setting(TINY_G, 70)], args, strategies, budget)
+
+
+def _tiny(
+    name: str,
+    settings: list[Setting],
+    args: argparse.Namespace,
+    strategies: list[str],
+    budget: int,
+) -> TinySuite:
+    """A tiny-task suite: B = TINY_B, 3B prompts piloted per round, evaluation every
+    twelfth of the budget and a checkpoint every 10 steps unless the options say."""
     return TinySuite(
-        "tiny-quick",
-        [Setting(TINY_G, 70)],
+        name,
+        settings,
         strategies,
         list(range(given(args.seeds, MIN_SEEDS))),
         budget,
