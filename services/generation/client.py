@@ -9,12 +9,16 @@ most `max_prompts_per_request` prompts and `max_sequences_per_request` sequences
 outstanding requests, and a chunk that fails with a transport error or a 5xx is retried
 with backoff, on whichever server is then least loaded. 4xx answers are not retried.
 
-A seeded request is sent alone, one prompt per call with a seed of its own
-(`chunk_seed`): a call carries one seed, and vLLM seeds each prompt of a call from it
-alone (child i of every prompt gets seed + i, vllm#50440), so the prompts of one call
+Seeds. A call carries one seed, which the client derives from the batch's seed and the
+index of the call's first request (`chunk_seed`). vLLM seeds each prompt of a call from
+it alone (child i of every prompt gets seed + i, vllm#50440), so the prompts of one call
 would draw the same noise and their samples would be correlated: an evaluation's
 accuracy far noisier than its standard error says, and a round's rewards correlated
-across prompts.
+across prompts. So a seeded request is sent alone, one prompt per call, unless every
+server of the fleet reports `seed_scope: "sequence"` in `GET /v1/models` (the embedded
+server, which seeds each sequence of a call from its own stream): then seeded prompts
+are batched like unseeded ones. The servers are asked once each, at the first seeded
+batch; a server that cannot be asked counts as sharing seeds for that batch.
 
 A fleet of servers (one client, several base URLs):
 - a server that cannot be reached (refused, reset, killed mid-request) is marked *down*:
@@ -133,13 +137,18 @@ def split_completions(
 
 
 def plan_chunks(
-    requests: Sequence[GenerationRequest], max_prompts: int, max_sequences: int | None = None
+    requests: Sequence[GenerationRequest],
+    max_prompts: int,
+    max_sequences: int | None = None,
+    *,
+    seeds_per_sequence: bool = False,
 ) -> list[list[int]]:
     """Indices of `requests` grouped so each group is one call: same n, same sampling.
 
     A call holds at most `max_prompts` prompts and, when `max_sequences` is given, at most
     that many sequences (prompts x n; a single prompt whose n exceeds it goes alone). A
-    seeded request goes alone (module docstring: a seed belongs to one prompt).
+    seeded request goes alone unless `seeds_per_sequence` (every server seeds each
+    sequence of a call apart; module docstring, "Seeds").
     """
     by_key: dict[tuple[object, ...], list[int]] = {}
     for index, req in enumerate(requests):
@@ -148,7 +157,7 @@ def plan_chunks(
     chunks = []
     for indices in by_key.values():
         first = requests[indices[0]]
-        size = max_prompts if first.sampling.seed is None else 1
+        size = max_prompts if first.sampling.seed is None or seeds_per_sequence else 1
         if max_sequences is not None:
             size = max(1, min(size, max_sequences // max(1, first.n)))
         chunks += [indices[i : i + size] for i in range(0, len(indices), size)]
@@ -157,15 +166,15 @@ def plan_chunks(
 
 def chunk_seed(seed: int, first_index: int) -> int:
     """The seed one call carries: derived from the batch's seed and the index of the call's
-    first request (its only one: a seeded request is sent alone), so that the prompts of
-    one seeded batch draw independent noise.
+    first request, so that the calls of one seeded batch draw independent noise.
 
     Servers seed a call's sequences from the call's seed (the embedded server as
     seed x stride + sequence index, vLLM as seed + sample index), so sending the batch's
-    seed with every call would give sample i of every prompt the same noise: samples of
-    different prompts would be correlated and an evaluation's accuracy far noisier than
-    its binomial error says. Chunking is deterministic, so a retried or resumed batch gets
-    the same seeds. 56 bits: distinct calls' seeds (and vLLM's seed + i) do not meet.
+    seed with every call would give the calls the same noise: samples of different
+    prompts would be correlated and an evaluation's accuracy far noisier than its
+    binomial error says. Chunking is deterministic for a given fleet, so a retried or
+    resumed batch gets the same seeds. 56 bits: distinct calls' seeds (and vLLM's
+    seed + i) do not meet.
     """
     digest = hashlib.blake2b(f"{seed}:{first_index}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "big")
@@ -222,6 +231,7 @@ class GenerationClient:
         self.down: dict[str, float] = {}  # unreachable server -> when to re-probe it (monotonic)
         self.held: set[str] = set()  # reachable, but not serving `required_version`
         self.served = dict.fromkeys(self.base_urls, 0)  # chunks answered, per server
+        self.seed_scopes: dict[str, str | None] = {}  # server -> its /v1/models seed_scope
         self._slot_freed = asyncio.Condition()
         self._tie_break = itertools.count()
         self._http = httpx.AsyncClient(
@@ -314,16 +324,37 @@ class GenerationClient:
         else:
             self.held.add(url)
 
+    async def _models(self, url: str, policy: RetryPolicy) -> ModelList:
+        response = await request(
+            self._http, "generation", "GET", f"{url}/v1/models",
+            policy=policy, timeout=self.timeout,
+        )  # fmt: skip
+        models = ModelList.model_validate(response.json())
+        self.seed_scopes[url] = models.data[0].seed_scope if models.data else None
+        return models
+
     async def model_name(self) -> str:
         """The configured model, or the first one the first reachable server serves."""
         if self.model is None:
             url = self._pick() or self.base_urls[0]
-            response = await request(
-                self._http, "generation", "GET", f"{url}/v1/models",
-                policy=self.policy, timeout=self.timeout,
-            )  # fmt: skip
-            self.model = ModelList.model_validate(response.json()).data[0].id
+            self.model = (await self._models(url, self.policy)).data[0].id
         return self.model
+
+    async def seeds_per_sequence(self) -> bool:
+        """Whether every server seeds each sequence of a call apart (`seed_scope:
+        "sequence"` in `GET /v1/models`), so seeded prompts may share a call. Each server
+        is asked once; one that cannot be asked now (down, 5xx) makes this False without
+        being remembered. Raises ServiceError for a 4xx."""
+        unknown = [url for url in self.base_urls if url not in self.seed_scopes]
+        results = await asyncio.gather(
+            *(self._models(url, RetryPolicy(attempts=1)) for url in unknown),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, ServiceError) and result.status < 500:
+                raise result
+        scopes = [self.seed_scopes.get(url) for url in self.base_urls]
+        return all(scope == "sequence" for scope in scopes)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """One Completion per request, in order; chunks run concurrently over the servers.
@@ -336,7 +367,13 @@ class GenerationClient:
         """
         await self.refresh(live=False)
         model = await self.model_name()
-        chunks = plan_chunks(requests, self.max_prompts, self.max_sequences)
+        seeded = any(r.sampling.seed is not None for r in requests)
+        chunks = plan_chunks(
+            requests,
+            self.max_prompts,
+            self.max_sequences,
+            seeds_per_sequence=seeded and await self.seeds_per_sequence(),
+        )
         tasks = [
             asyncio.ensure_future(self._run_chunk([requests[i] for i in c], model, c[0]))
             for c in chunks

@@ -182,6 +182,15 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()), description="Unix time.")
     owned_by: str = Field(default="pilot-commit", description="Owner.")
     max_model_len: int | None = Field(default=None, description="Longest prompt + completion.")
+    seed_scope: Literal["sequence"] | None = Field(
+        default=None,
+        description=(
+            "How a call's seed reaches its sequences. 'sequence': each sequence of the call "
+            "draws from its own stream (the embedded server: seed x 1,000,003 + sequence "
+            "index), so the prompts of one seeded call are independent. Absent (vLLM, "
+            "SGLang): sample i of every prompt shares one stream (vllm#50440)."
+        ),
+    )
 
 
 class ModelList(BaseModel):

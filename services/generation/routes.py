@@ -39,7 +39,9 @@ async def create_completion(request: CompletionRequest, engine: EngineDep) -> Co
 
 @router.get("/v1/models", response_model=ModelList, dependencies=Authorized)
 async def list_models(engine: EngineDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=engine.name, max_model_len=engine.max_model_len)])
+    return ModelList(
+        data=[ModelCard(id=engine.name, max_model_len=engine.max_model_len, seed_scope="sequence")]
+    )
 
 
 @router.get("/health", response_model=Health)

@@ -33,10 +33,11 @@ def test_plan_chunks_groups_by_sampling_and_caps_size() -> None:
     assert plan_chunks(reqs, 2) == [[0, 1], [2, 3], [4], [5, 6]]
 
 
-def test_plan_chunks_sends_each_seeded_request_alone() -> None:
+def test_plan_chunks_sends_seeded_requests_alone_unless_servers_seed_per_sequence() -> None:
     seeded, free = SamplingParams(seed=5), SamplingParams()
     reqs = [GenerationRequest([1], 2, seeded)] * 3 + [GenerationRequest([1], 2, free)] * 3
     assert plan_chunks(reqs, 32, 256) == [[0], [1], [2], [3, 4, 5]]
+    assert plan_chunks(reqs, 2, 256, seeds_per_sequence=True) == [[0, 1], [2], [3, 4], [5]]
 
 
 def test_plan_chunks_caps_sequences_per_call() -> None:
@@ -110,13 +111,29 @@ async def test_prompts_of_a_seeded_batch_draw_independent_noise(server_url: str)
     # seed in every call, copy i of each call would get sequence i's noise and the calls
     # would repeat each other (tests/vllm: on vLLM every prompt of a call would).
     sampling = SamplingParams(max_tokens=6, seed=11)
+    # The embedded server seeds each sequence of a call apart, so the client batches the
+    # seeded prompts (4 calls of 4, not 16 of one) and they still draw independent noise.
     requests = [GenerationRequest("12+34=", n=1, sampling=sampling)] * 16
     async with GenerationClient([server_url], max_prompts_per_request=4, policy=FAST) as client:
         first = [c.samples[0].token_ids for c in await client.generate(requests)]
+        assert client.served[server_url] == 4
         again = [c.samples[0].token_ids for c in await client.generate(requests)]
     assert first == again  # still reproducible
     assert len({tuple(ids) for ids in first}) >= 12
     assert len({chunk_seed(11, i) for i in range(16)}) == 16
+
+
+async def test_seeded_prompts_go_alone_when_one_server_cannot_say_how_it_seeds(
+    server_url: str,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    requests = [GenerationRequest("12+34=", n=1, sampling=SamplingParams(seed=2))] * 6
+    async with GenerationClient([server_url, dead], model="tiny", policy=FAST) as client:
+        assert not await client.seeds_per_sequence()
+        await client.generate(requests)
+        assert client.served[server_url] == 6
+        assert dead not in client.seed_scopes  # asked again at the next seeded batch
+        assert client.seed_scopes[server_url] == "sequence"
 
 
 async def test_dead_server_is_retried_elsewhere(server_url: str) -> None:

@@ -108,8 +108,10 @@ async def test_prompts_of_one_seeded_batch_draw_independent_noise(
     assert len(one_call) == 1  # the server's behaviour the client works around
     params = SamplingParams(max_tokens=8, temperature=2.0, seed=5)
     async with GenerationClient([vllm_server.url]) as client:
+        assert not await client.seeds_per_sequence()  # vLLM's /v1/models has no seed_scope
         first = await client.generate([GenerationRequest(prompt, 1, params)] * 8)
         again = await client.generate([GenerationRequest(prompt, 1, params)] * 8)
+        assert sum(client.served.values()) == 16  # one call per seeded prompt
     drawn = [tuple(c.samples[0].token_ids) for c in first]
     assert drawn == [tuple(c.samples[0].token_ids) for c in again]
     assert len(set(drawn)) >= 5
