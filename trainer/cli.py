@@ -34,7 +34,7 @@ from services.generation.vllm import VLLMNotFound, find_vllm_python
 from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
 from trainer import distributed, loop, run_checkpoint
-from trainer.config import TrainerConfig, load_config, save_config
+from trainer.config import ConfigError, TrainerConfig, load_config, save_config
 from trainer.data import DataError, read_rows
 from trainer.distributed import Ranks
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
@@ -336,9 +336,14 @@ def main(argv: list[str]) -> int:
     output = args.output or Path("runs") / args.config.stem
     if args.nproc > 1 and ranks is None:
         return launch(args.nproc, argv, output)
+    try:
+        config = load_config(args.config, env_overrides() + args.overrides)
+    except ConfigError as exc:
+        print(f"pilot-commit train: {exc}", file=sys.stderr)
+        return 2
     if ranks is not None and not ranks.driver:
-        return follow(load_config(args.config, env_overrides() + args.overrides), ranks)
-    config = resolve_data(load_config(args.config, env_overrides() + args.overrides))
+        return follow(config, ranks)
+    config = resolve_data(config)
     try:
         check_data(config)
     except DataError as exc:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.allocator.configs import AnyStrategyConfig
 from services.verifier.models import Task
@@ -312,9 +312,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class ConfigError(ValueError):
+    """A config that cannot be run: unreadable TOML, a malformed override, or values the
+    schema rejects. The message is one line naming the file and every bad field."""
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
+        parts.append(f"{where}: {item['msg'][:1].lower()}{item['msg'][1:]}{got}")
+    return "; ".join(parts)
+
+
 def load_config(path: Path | None, overrides: list[str] = ()) -> TrainerConfig:  # type: ignore[assignment]
-    data: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
-    return TrainerConfig.model_validate(apply_overrides(data, list(overrides)))
+    """The config at `path` (None: defaults only) with `key.path=value` overrides applied.
+
+    Raises ConfigError (one line: the file, then each bad field and the value it got)."""
+    where = str(path) if path else "<defaults>"
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text()) if path else {}
+        return TrainerConfig.model_validate(apply_overrides(data, list(overrides)))
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from exc
+    except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def save_config(config: TrainerConfig, path: Path) -> None:
