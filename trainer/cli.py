@@ -1,52 +1,28 @@
-"""`pilot-commit train CONFIG [--nproc N]`: one RL run, start to finish.
+"""`pilot-commit train CONFIG [--output DIR] [--set KEY=VALUE ...] [--nproc N]`.
 
-`--nproc N` (or `torchrun --nproc-per-node N -m pilot_commit.cli train CONFIG`) trains
-on N ranks (trainer/distributed.py): rank 0 starts or reaches the services and runs the
-loop, the others join each training step.
+Parses and validates the command line and the config before torch loads, so that a user
+error (a missing file, a misspelt key, a value out of range) is one line and exit status 2
+within a second; the run itself is trainer/run.py's `execute`.
 
-Services come from `[services]` (or PC_TRAINER_* variables, see `env_overrides`); where
-none are given, the embedded stack (Redis, allocator, verifier, generation server) is
-started for the run and stopped at its end.
+`--nproc N` (or `torchrun --nproc-per-node N -m trainer.cli CONFIG`) trains on N ranks
+(trainer/distributed.py): rank 0 starts or reaches the services and runs the loop, the
+others join each training step.
+
+Environment variables override `[services]` (used by compose.yaml), below `--set`:
+PC_TRAINER_ALLOCATOR_URL, PC_TRAINER_ALLOCATOR_TOKEN, PC_TRAINER_VERIFIER_URL,
+PC_TRAINER_GENERATION_URLS (comma-separated), PC_TRAINER_WEIGHT_SYNC,
+PC_TRAINER_WEIGHTS_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import random
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-from services.allocator.client import AllocatorClient
-from services.common.http import RetryPolicy, ServiceError, ServiceUnavailable
-from services.generation.client import GenerationClient
-from services.generation.vllm import VLLMNotFound, find_vllm_python
-from services.stack import EmbeddedStack, StackUrls
-from services.verifier.client import VerifierClient
-from trainer import distributed, loop, run_checkpoint
-from trainer.config import ConfigError, TrainerConfig, load_config, save_config
-from trainer.data import DataError, read_rows
-from trainer.distributed import Ranks
-from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
-from trainer.generation.weight_sync import build_weight_sync
-from trainer.logbook import Logbook
-from trainer.loop import Dataset, Services, Trainer
-from trainer.policy import Policy
-from trainer.prompts import chat_prompt_ids
-
-if TYPE_CHECKING:
-    from trainer.smollm2.build import SmolLM2Artifacts
-    from trainer.tiny.build import TinyArtifacts
+from trainer.config import ConfigError, load_config
 
 ENV_OVERRIDES = {
     "PC_TRAINER_ALLOCATOR_URL": "services.allocator_url",
@@ -59,6 +35,7 @@ ENV_OVERRIDES = {
 
 
 def env_overrides() -> list[str]:
+    """`--set` items from the PC_TRAINER_* variables that are set (ENV_OVERRIDES)."""
     out = []
     for var, path in ENV_OVERRIDES.items():
         value = os.environ.get(var)
@@ -71,247 +48,12 @@ def env_overrides() -> list[str]:
     return out
 
 
-def resolve_data(config: TrainerConfig) -> TrainerConfig:
-    """Fill in unset data and model paths from the tiny, SmolLM2 or task-set build,
-    building it if absent; a config without any of them must name all three."""
-    if config.data.tasks:
-        return _resolve_tasks(config)
-    if config.data.smollm2:
-        from trainer.smollm2.build import ensure_smollm2
-
-        built: TinyArtifacts | SmolLM2Artifacts = ensure_smollm2(seed=0)
-    elif config.data.tiny:
-        from trainer.tiny.build import ensure_tiny
-
-        built = ensure_tiny(seed=0)
-    else:
-        if not (config.data.train_path and config.data.test_path and config.model.path):
-            raise SystemExit(
-                "config needs data.train_path, data.test_path and model.path "
-                "(or data.tiny / data.smollm2 = true, or data.tasks)"
-            )
-        return config
-    data = config.data.model_copy(
-        update={
-            "train_path": config.data.train_path or built.train_path,
-            "test_path": config.data.test_path or built.test_path,
-        }
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pilot-commit train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    model = config.model.model_copy(update={"path": config.model.path or built.model_dir})
-    return config.model_copy(update={"data": data, "model": model})
-
-
-def _resolve_tasks(config: TrainerConfig) -> TrainerConfig:
-    """`data.tasks`: the set's build (train, and `eval_split` as the held-out prompts),
-    per-row verifier kinds from its `task` field, and the SmolLM2 model unless one is set."""
-    from trainer.tasks.build import ensure_tasks
-
-    assert config.data.tasks is not None
-    built = ensure_tasks(config.data.tasks, seed=0)
-    model_path = config.model.path
-    if model_path is None:
-        from trainer.smollm2.build import ensure_smollm2
-
-        model_path = ensure_smollm2(seed=0).model_dir
-    data = config.data.model_copy(
-        update={
-            "train_path": config.data.train_path or built.train_path,
-            "test_path": config.data.test_path or built.path(config.data.eval_split),
-            "task_field": config.data.task_field or "task",
-        }
-    )
-    model = config.model.model_copy(update={"path": model_path})
-    return config.model_copy(update={"data": data, "model": model})
-
-
-def check_data(config: TrainerConfig) -> None:
-    """Read and check both dataset files (trainer/data.py) before anything starts; raises
-    `DataError` naming the file, line and field of the first bad row."""
-    assert config.data.train_path and config.data.test_path
-    for path in (config.data.train_path, config.data.test_path):
-        read_rows(path, config.data)
-
-
-def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The rows of `path` (checked, trainer/data.py), tokenised as the run sends them."""
-    rows = read_rows(path, config.data)
-    prompts = [row.prompt for row in rows]
-    if config.data.chat_template:
-        tokens = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
-    else:
-        tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return Dataset(
-        tokens,
-        [row.answer for row in rows],
-        tasks=[row.task for row in rows],
-        sources=[row.source for row in rows],
-    )
-
-
-@contextlib.contextmanager
-def services_for(config: TrainerConfig, output: Path, console: Console) -> Iterator[StackUrls]:
-    s = config.services
-    if s.allocator_url and s.verifier_url and s.generation_urls:
-        yield StackUrls("", s.allocator_url, s.verifier_url, list(s.generation_urls))
-        return
-    if s.allocator_url or s.verifier_url:
-        raise SystemExit(
-            "give all of allocator_url, verifier_url and generation_urls, only "
-            "generation_urls (the rest is started locally), or none"
-        )
-    assert config.model.path is not None
-    generation = None if s.generation_urls else s.embedded_generation
-    if generation == "vllm":
-        find_vllm_python()  # fail before anything starts
-    stack = EmbeddedStack(
-        output / "stack", config.model.path, console=console, generation=generation
-    )
-    with stack as urls:
-        console.log(f"embedded stack up (logs in {output / 'stack' / 'logs'})")
-        if s.generation_urls:
-            urls.generation_urls = list(s.generation_urls)
-        yield urls
-
-
-def landing_probe(config: TrainerConfig, data: Dataset) -> LandingProbe | None:
-    """The post-push check of `[services] landing_*`, on the first training prompts."""
-    s = config.services
-    if not s.landing_check:
-        return None
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-    return LandingProbe(
-        data.prompt_tokens[: s.landing_prompts],
-        tolerance=s.landing_tolerance or default_tolerance(dtype),
-        max_tokens=min(config.sampling.max_tokens, 16),
-        temperature=config.sampling.temperature,
-        timeout=s.request_timeout_s,
-    )
-
-
-@contextlib.asynccontextmanager
-async def clients(
-    config: TrainerConfig, urls: StackUrls, output: Path, data: Dataset
-) -> AsyncIterator[Services]:
-    s = config.services
-    policy = RetryPolicy(attempts=s.retries)
-    weights_dir = s.weights_dir or (output / "weights").resolve()
-    allocator = AllocatorClient(urls.allocator_url, token=s.allocator_token, policy=policy)
-    verifier = VerifierClient(urls.verifier_url, timeout=s.request_timeout_s, policy=policy)
-    generation = GenerationClient(urls.generation_urls, timeout=s.request_timeout_s, policy=policy)
-    sync = build_weight_sync(
-        s.weight_sync,
-        urls.generation_urls,
-        weights_dir=weights_dir,
-        model_files_from=config.model.path,
-        nccl_master_address=s.nccl_master_address,
-        nccl_master_port=s.nccl_master_port,
-        timeout=s.request_timeout_s,
-        policy=policy,
-    )
-    landing = landing_probe(config, data)
-    try:
-        yield Services(allocator, verifier, generation, sync, landing)
-    finally:
-        for client in (allocator, verifier, generation, sync, landing):
-            if client is not None:
-                await client.aclose()
-
-
-def build_policy(config: TrainerConfig, ranks: Ranks | None = None) -> Policy:
-    """The run's policy from `[model]` and `[optim]`, sharded over `ranks` if given."""
-    assert config.model.path
-    return Policy(
-        config.model.path,
-        config.optim,
-        config.model.device,
-        config.model.dtype,
-        total_steps=config.run.steps,
-        gradient_checkpointing=config.model.gradient_checkpointing,
-        ranks=ranks,
-        mixed_precision=config.model.mixed_precision,
-        temperature=config.sampling.temperature,
-        train_top_layers=config.model.train_top_layers,
-    )
-
-
-async def train(
-    config: TrainerConfig,
-    output: Path,
-    urls: StackUrls,
-    logbook: Logbook,
-    ranks: Ranks | None = None,
-) -> None:
-    """Build the run's parts (data, policy, service clients) and run the loop
-    (trainer/loop.py: `run`). With several ranks this is rank 0's part; the others
-    follow (`follow`), and are released when the run ends."""
-    assert config.model.path and config.data.train_path and config.data.test_path
-    if config.model.threads:
-        torch.set_num_threads(config.model.threads)
-    torch.manual_seed(config.run.seed)
-    random.seed(config.run.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-    data = load_dataset(config.data.train_path, config, tokenizer)
-    eval_data = load_dataset(config.data.test_path, config, tokenizer)
-    policy = build_policy(config, ranks)
-    run_id = config.run.run_id or output.resolve().name
-    async with clients(config, urls, output, data) as services:
-        trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook, output)
-        await loop.run(trainer)
-    policy.stop()
-
-
-def follow(config: TrainerConfig, ranks: Ranks) -> int:
-    """A rank other than 0: rank 0's resolved config, then the policy's share of each
-    collective step until rank 0 ends the run."""
-    distributed.init(ranks, config.model.device)
-    config = distributed.broadcast()
-    if config.model.threads:
-        torch.set_num_threads(config.model.threads)
-    torch.manual_seed(config.run.seed)
-    random.seed(config.run.seed)
-    build_policy(config, ranks).follow()
-    distributed.close()
-    return 0
-
-
-def launch(nproc: int, argv: list[str], output: Path) -> int:
-    """`--nproc N`: run this command again under torchrun (`torch.distributed.run
-    --standalone`, N ranks on this node) and return its exit status. A stop signal
-    reaches torchrun, which stops the ranks; a rank that fails makes torchrun stop the
-    others, and this says which checkpoint the same command resumes from."""
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc-per-node={nproc}", "-m", "trainer.cli", *rest]
-    proc = subprocess.Popen(command)
-    try:
-        status = proc.wait()
-        if status != 0:
-            checkpoint = run_checkpoint.latest(output)
-            resume = f"from {checkpoint}" if checkpoint else "from the start (no checkpoint yet)"
-            print(
-                f"pilot-commit train: a trainer rank failed (torchrun exit status {status}; "
-                f"its report above names the rank); the same command resumes {resume}",
-                file=sys.stderr,
-            )
-        return status
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pilot-commit train", description=__doc__)
     parser.add_argument("config", type=Path, help="TOML config (see configs/tiny.toml)")
     parser.add_argument("--output", type=Path, help="run folder (default runs/<config name>)")
     parser.add_argument(
@@ -320,7 +62,8 @@ def main(argv: list[str]) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. optim.lr=3e-4",
+        help="override a config value (value read as TOML, else as a string), e.g. "
+        "optim.lr=3e-4 or data.eval_split='\"validation\"'; repeatable",
     )
     parser.add_argument(
         "--nproc",
@@ -329,46 +72,21 @@ def main(argv: list[str]) -> int:
         help="trainer ranks on this node: >1 starts torchrun, which shards the policy with "
         "FSDP2 (rank 0 drives the services); default 1, one process",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if args.nproc < 1:
-        parser.error("--nproc must be at least 1")
-    ranks = distributed.from_env()
-    output = args.output or Path("runs") / args.config.stem
-    if args.nproc > 1 and ranks is None:
-        return launch(args.nproc, argv, output)
+        parser().error("--nproc must be at least 1")
     try:
         config = load_config(args.config, env_overrides() + args.overrides)
     except ConfigError as exc:
         print(f"pilot-commit train: {exc}", file=sys.stderr)
         return 2
-    if ranks is not None and not ranks.driver:
-        return follow(config, ranks)
-    config = resolve_data(config)
-    try:
-        check_data(config)
-    except DataError as exc:
-        print(f"pilot-commit train: {exc}", file=sys.stderr)
-        return 1
-    if ranks is not None:
-        distributed.init(ranks, config.model.device)
-        distributed.broadcast(config)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(config, output / "config.json")
-    console = Console()
-    try:
-        with (
-            services_for(config, output, console) as urls,
-            Logbook(output, config.run.steps, console) as logbook,
-        ):
-            asyncio.run(train(config, output, urls, logbook, ranks))
-    except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
-    finally:
-        if ranks is not None:
-            distributed.close()
-    console.print(f"done: metrics in {output / 'metrics.jsonl'}")
-    return 0
+    from trainer.run import execute  # torch, transformers and the services load here
+
+    return execute(config, args.output or Path("runs") / args.config.stem, argv, args.nproc)
 
 
 if __name__ == "__main__":  # each rank that `launch` starts (pilot_commit.cli's signals)

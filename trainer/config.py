@@ -7,6 +7,7 @@ trainer knows no strategy by name.
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from pathlib import Path
@@ -317,12 +318,30 @@ class ConfigError(ValueError):
     schema rejects. The message is one line naming the file and every bad field."""
 
 
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at `path` (() is the top level); [] where the path
+    is not a plain section (the allocation strategies are a union)."""
+    model: Any = TrainerConfig
+    for key in path:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
-        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
-        parts.append(f"{where}: {item['msg'][:1].lower()}{item['msg'][1:]}{got}")
+        message = f"{where}: {item['msg'][:1].lower()}{item['msg'][1:]}"
+        if item["type"] != "missing":
+            message += f" (got {item['input']!r})"
+        if item["type"] == "extra_forbidden":
+            *section, key = item["loc"]
+            near = difflib.get_close_matches(str(key), _fields_at(tuple(section)), n=1)
+            message += f"; did you mean {'.'.join(map(str, [*section, near[0]]))}?" if near else ""
+        parts.append(message)
     return "; ".join(parts)
 
 

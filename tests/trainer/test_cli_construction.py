@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from services.stack import StackUrls
-from trainer.cli import clients
 from trainer.config import ServicesSection, TrainerConfig
 from trainer.generation.weight_sync import SGLangDiskSync, VLLMNcclSync, VLLMReloadSync
 from trainer.loop import Dataset
+from trainer.run import clients
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = typing.get_args(ServicesSection.model_fields["weight_sync"].annotation)

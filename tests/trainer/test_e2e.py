@@ -18,12 +18,12 @@ from services.common.procs import start_service
 from services.stack import EmbeddedStack, StackUrls
 from tests.assets import fitted_tiny_assets
 from trainer import loop
-from trainer.cli import clients, load_dataset, train
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, WeightLandingError
 from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Trainer
+from trainer.run import clients, load_dataset, train
 
 STRATEGIES = {
     "grpo": {"strategy": "grpo", "train_batch_size": 4, "n": 6},

@@ -22,9 +22,9 @@ from tests.trainer.test_e2e import (
     make_config,
 )
 from trainer import loop
-from trainer.cli import clients
 from trainer.logbook import Logbook
 from trainer.loop import Trainer
+from trainer.run import clients
 
 
 @pytest.fixture(scope="module")

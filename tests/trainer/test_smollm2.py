@@ -181,8 +181,8 @@ def smollm2_config(steps: int, *extra: str) -> TrainerConfig:
     """configs/smollm2.toml as `pilot-commit train` resolves it (the smollm2-mix task set),
     shortened for a test: 2 prompts per step, G = 4, gate band [0, 1] so that no step can
     run out of rounds, 4 evaluation prompts."""
-    from trainer.cli import resolve_data
     from trainer.config import load_config
+    from trainer.run import resolve_data
 
     overrides = [
         f"run.steps={steps}", 'run.run_id="smollm2-e2e"', "sampling.max_tokens=48",
@@ -202,8 +202,8 @@ def test_two_training_steps_against_the_embedded_stack(
 ) -> None:
     from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
     from services.stack import EmbeddedStack
-    from trainer.cli import train
     from trainer.logbook import Logbook
+    from trainer.run import train
 
     config = smollm2_config(steps=2)
     assert config.model.path == built.model_dir and config.data.chat_template

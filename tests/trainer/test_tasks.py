@@ -23,10 +23,10 @@ from services.allocator import models as am
 from services.generation.client import Completion, Sample
 from services.verifier.models import TASKS, ScoreItem, ScoreResult
 from trainer import loop
-from trainer.cli import check_data, load_dataset, resolve_data
 from trainer.config import TrainerConfig
 from trainer.data import DataError, read_rows
 from trainer.loop import Dataset, accuracy_by_source
+from trainer.run import check_data, load_dataset, resolve_data
 from trainer.tasks import catalog
 from trainer.tasks.build import build, build_dir, is_built
 from trainer.tasks.calibrate import Answer, Spread, pick_rows

@@ -16,11 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
 from services.stack import EmbeddedStack
 from tests.vllm.conftest import VLLMServer
-from trainer.cli import train
 from trainer.config import TrainerConfig
 from trainer.generation.landing import LandingProbe, reference_logprobs
 from trainer.generation.weight_sync import VLLMReloadSync
 from trainer.logbook import Logbook
+from trainer.run import train
 
 pytestmark = pytest.mark.vllm
 

@@ -287,8 +287,8 @@ def cell_record(
 
 def run_cell(suite: Suite, cell: Cell, root: Path, urls: StackUrls, console: Console) -> dict:
     """Run (or resume) one cell to its budget and write its cell.json."""
-    from trainer.cli import train
     from trainer.logbook import Logbook
+    from trainer.run import train
 
     out = cell.path(root)
     config = suite.cell_config(cell.setting, cell.strategy, cell.seed)
@@ -319,7 +319,7 @@ def run_cell(suite: Suite, cell: Cell, root: Path, urls: StackUrls, console: Con
 def services(config: TrainerConfig, root: Path, console: Console) -> Iterator[StackUrls]:
     """The services for every cell of this invocation: the embedded stack (fresh Redis)
     unless the config names its own."""
-    from trainer.cli import services_for
+    from trainer.run import services_for
 
     shutil.rmtree(root / "stack", ignore_errors=True)
     with services_for(config, root, console) as urls:

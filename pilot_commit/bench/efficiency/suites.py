@@ -167,7 +167,7 @@ class RealSuite(Suite):
 
     @cached_property
     def base(self) -> TrainerConfig:
-        from trainer.cli import resolve_data
+        from trainer.run import resolve_data
 
         config = resolve_data(load_config(self.config_path, self.overrides))
         if config.optim.lr_schedule != "constant":
