@@ -21,8 +21,19 @@ def main(argv: list[str]) -> int:
         prog="pilot-commit up", description="Run Redis and every service locally until Ctrl-C."
     )
     parser.add_argument("--model", type=Path, help="model directory (default: the tiny model)")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/stack"))
-    parser.add_argument("--generation-servers", type=int, default=1)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/stack"),
+        help="folder for the services' logs, Redis's data and pushed weights (default runs/stack)",
+    )
+    parser.add_argument(
+        "--generation-servers",
+        type=int,
+        default=1,
+        help="how many generation servers to start, each on its own port; the trainer "
+        "balances calls over them (default 1)",
+    )
     parser.add_argument(
         "--generation",
         choices=["embedded", "vllm"],
@@ -31,6 +42,8 @@ def main(argv: list[str]) -> int:
         "(.venv-vllm or PC_VLLM_PYTHON; `bash .ci/vllm-venv` builds it)",
     )
     args = parser.parse_args(argv)
+    if args.generation_servers < 1:
+        parser.error("--generation-servers must be at least 1")
     if args.generation == "vllm":
         from services.generation.vllm import VLLMNotFound, find_vllm_python
 

@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from tensorboardX import SummaryWriter
 
-from services.common.progress import LineProgress, log_line, progress
+from services.common.progress import LineProgress, log_line, make_console, progress, say
 
 
 class Logbook:
     def __init__(self, output: Path, total_steps: int, console: Console | None = None) -> None:
         output.mkdir(parents=True, exist_ok=True)
-        self.console = console or Console()
+        self.console = console or make_console()
         self._jsonl = (output / "metrics.jsonl").open("a")
         self._tb = SummaryWriter(str(output / "tensorboard"))
         self._progress = progress(
@@ -56,7 +56,8 @@ class Logbook:
             self._tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
         if row["kind"] == "eval":
             self.last_eval = row
-            self.console.log(
+            say(
+                self.console,
                 f"eval step {row['step']}: sampled accuracy {row['eval_accuracy']:.3f} "
                 f"(+/- {row['eval_accuracy_stderr']:.3f})"
                 + (
@@ -69,7 +70,7 @@ class Logbook:
                     f" ({row['eval_accuracy_answered']:.3f} of them right)"
                     if row.get("eval_accuracy_answered") is not None
                     else ""
-                )
+                ),
             )
         else:
             self._progress.update(self._task, completed=row["step"], status=self._status(row))
@@ -77,13 +78,13 @@ class Logbook:
     def _status(self, row: dict[str, Any]) -> str:
         acc = self.last_eval.get("eval_accuracy")
         phases = " ".join(f"{k[5:-2]} {row[k]:.1f}s" for k in sorted(row) if k.startswith("time_"))
-        return (f"acc {acc:.3f} " if acc is not None else "") + (
-            f"reward {row['train_reward_mean']:.2f} rollouts {row['rollouts_total']:,} "
-            f"buffer {row['buffer_size']} | {phases}"
+        return (f"held-out acc {acc:.3f}, " if acc is not None else "") + (
+            f"train reward {row['train_reward_mean']:.2f}, rollouts {row['rollouts_total']:,}, "
+            f"buffer {row['buffer_size']} | step phases {phases}"
         )
 
     def note(self, message: str) -> None:
-        self.console.log(message)
+        say(self.console, message)
 
     @contextlib.contextmanager
     def phase(self, what: str) -> Iterator[None]:

@@ -48,6 +48,11 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _field(key: str, value: Any) -> str:
+    """`key value`; a field named `status` is a whole sentence already and goes bare."""
+    return _shown(value) if key == "status" else f"{key} {_shown(value)}"
+
+
 @dataclass
 class _Task:
     description: str
@@ -150,14 +155,14 @@ class LineProgress:
         if task.total and task.completed > 0:
             left = elapsed * (task.total - task.completed) / task.completed
             parts.append(f"~{clock(left)} left")
-        parts += [f"{key} {_shown(value)}" for key, value in task.fields.items()]
+        parts += [_field(key, value) for key, value in task.fields.items()]
         task.last_line = now
         self._write(f"{task.description}: " + ", ".join(parts))
 
     def _finish(self, task: _Task, how: str) -> None:
         task.finished = True
         count = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total else "")
-        extra = "".join(f", {key} {_shown(value)}" for key, value in task.fields.items())
+        extra = "".join(f", {_field(key, value)}" for key, value in task.fields.items())
         elapsed = clock(time.monotonic() - task.started)
         self._write(f"{task.description}: {how}, {count} in {elapsed}{extra}")
 
@@ -172,6 +177,21 @@ def log_line(console: Console, text: str) -> None:
         return
     console.file.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
     console.file.flush()
+
+
+def say(console: Console, text: str) -> None:
+    """One timestamped line: through rich on a terminal (above a live bar, no source
+    location), plain `log_line` otherwise (no wrapping, no markup)."""
+    if console.is_terminal:
+        console.log(text, markup=False, highlight=False)
+    else:
+        log_line(console, text)
+
+
+def make_console() -> Console:
+    """The console for a command's progress: rich's, without the source location it puts
+    on every `log` line (`logbook.py:64`)."""
+    return Console(log_path=False)
 
 
 def progress(
