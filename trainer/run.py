@@ -15,6 +15,7 @@ import contextlib
 import random
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from trainer.logbook import Logbook
 from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
 from trainer.prompts import chat_prompt_ids
+from trainer.summary import PLOT_NAME, plot_accuracy, read_summary
 
 if TYPE_CHECKING:
     from trainer.smollm2.build import SmolLM2Artifacts
@@ -304,6 +306,7 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
     if ranks is not None:
         distributed.init(ranks, config.model.device)
         distributed.broadcast(config)
+    started = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.json")
     console = make_console()
@@ -321,5 +324,26 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
     finally:
         if ranks is not None:
             distributed.close()
-    console.print(f"done: metrics in {output / 'metrics.jsonl'}")
+    report(config, output, console, time.monotonic() - started)
     return 0
+
+
+def report(config: TrainerConfig, output: Path, console: Console, command_s: float) -> None:
+    """The run's summary lines (trainer/summary.py) and its accuracy-against-rollouts PNG
+    beside metrics.jsonl."""
+    metrics = output / "metrics.jsonl"
+    try:
+        summary = read_summary(metrics)
+    except ValueError as exc:  # the run is over: say what cannot be read, and stop
+        console.print(f"no summary: {exc}", markup=False, highlight=False)
+        return
+    for line in summary.lines(command_s):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    title = f"{output.name}: {config.allocation.strategy}"
+    try:
+        plotted = plot_accuracy(summary, output / PLOT_NAME, title)
+    except ImportError:
+        console.print("no plot: matplotlib is not installed (pip install matplotlib)")
+        plotted = False
+    plot = f", accuracy against rollouts in {output / PLOT_NAME}" if plotted else ""
+    console.print(f"done: metrics in {metrics}{plot}", markup=False, highlight=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,6 +139,10 @@ def test_two_ranks_and_two_loopback_nodes_train_alike(
     out = finish(proc)
     assert proc.returncode == 0, out[-4000:]
     assert "embedded stack up" in out
+    # the run's end at a glance: accuracy from -> to, rollouts by role, and the plot
+    assert re.search(r"held-out accuracy [\d.]+ \([\d.]+\) -> [\d.]+ \([\d.]+\)", out)
+    assert re.search(r"rollouts [\d,]+: pilot [\d,]+ \(\d+%\)", out)
+    assert (one_node / "accuracy-vs-rollouts.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (one_node / "checkpoint").glob("*.distcp")) == [
         "__0_0.distcp",
         "__1_0.distcp",
