@@ -40,7 +40,8 @@ class RunSection(_Section):
 
 
 class DataSection(_Section):
-    """Prompts and reference answers (JSONL, one object per line)."""
+    """Prompts and reference answers: JSON Lines, Parquet or saved `datasets` directories,
+    with field mapping, a split, filtering and shuffling (trainer/data.py)."""
 
     tiny: bool = Field(
         False, description="Use the tiny arithmetic task and model, building them if absent."
@@ -62,8 +63,36 @@ class DataSection(_Section):
         "difficulties, hyperparameters) must use `validation`, so that the test split stays "
         "unseen until the final figures.",
     )
-    train_path: Path | None = Field(None, description="Training prompts (JSONL).")
-    test_path: Path | None = Field(None, description="Held-out prompts for evaluation (JSONL).")
+    train_path: Path | None = Field(
+        None,
+        description="Training prompts: a JSON Lines file (.jsonl), a Parquet file (.parquet) "
+        "or a directory written by `datasets`' `save_to_disk` (trainer/data.py). Local only: "
+        "nothing is fetched from the Hugging Face Hub at run time.",
+    )
+    test_path: Path | None = Field(
+        None, description="Held-out prompts for evaluation, read as train_path."
+    )
+    train_split: str = Field(
+        "train", description="The split read from train_path when it is a saved DatasetDict."
+    )
+    test_split: str = Field(
+        "test", description="The split read from test_path when it is a saved DatasetDict."
+    )
+    keep_where: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Keep only rows whose field values are among those listed, e.g. "
+        "`{ level = [1, 2] }` (every field must match); {}: keep every row. Applied to both "
+        "files, before shuffling.",
+    )
+    shuffle: bool = Field(
+        False, description="Shuffle each file's rows with run.seed after filtering."
+    )
+    max_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Keep the first max_rows rows of each file (after filtering "
+        "and shuffling); null: all.",
+    )
     prompt_field: str = Field("prompt", description="Field holding the prompt text.")
     answer_field: str = Field("answer", description="Field holding the reference answer.")
     task: Task = Field(

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from rich.console import Console
@@ -106,13 +106,25 @@ def check_data(config: TrainerConfig) -> None:
     """Read and check both dataset files (trainer/data.py) before anything starts; raises
     `DataError` naming the file, line and field of the first bad row."""
     assert config.data.train_path and config.data.test_path
-    for path in (config.data.train_path, config.data.test_path):
-        read_rows(path, config.data)
+    read_rows(config.data.train_path, config.data, **split_of(config, "train"))
+    read_rows(config.data.test_path, config.data, **split_of(config, "test"))
 
 
-def load_dataset(path: Path, config: TrainerConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The rows of `path` (checked, trainer/data.py), tokenised as the run sends them."""
-    rows = read_rows(path, config.data)
+def split_of(config: TrainerConfig, which: Literal["train", "test"]) -> dict[str, Any]:
+    """read_rows' `split` and `seed` for the train or test file."""
+    split = config.data.train_split if which == "train" else config.data.test_split
+    return {"split": split, "seed": config.run.seed}
+
+
+def load_dataset(
+    path: Path,
+    config: TrainerConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    which: Literal["train", "test"] = "train",
+) -> Dataset:
+    """The rows of `path` (checked, trainer/data.py; `which` picks the split of a saved
+    DatasetDict), tokenised as the run sends them."""
+    rows = read_rows(path, config.data, **split_of(config, which))
     prompts = [row.prompt for row in rows]
     if config.data.chat_template:
         tokens = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
@@ -229,7 +241,7 @@ async def train(
     random.seed(config.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
     data = load_dataset(config.data.train_path, config, tokenizer)
-    eval_data = load_dataset(config.data.test_path, config, tokenizer)
+    eval_data = load_dataset(config.data.test_path, config, tokenizer, "test")
     policy = build_policy(config, ranks)
     run_id = config.run.run_id or output.resolve().name
     async with clients(config, urls, output, data) as services:
