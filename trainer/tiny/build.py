@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +90,15 @@ class TinyArtifacts:
         return cls(root, root / "model", data / "train.jsonl", data / "test.jsonl", calibration)
 
 
+# The default build (seed 0: model, task splits, regime datasets; about 5.6 MB) ships with
+# the project, so a fresh clone trains at once and every machine starts from the same
+# warm start (each machine's own build differs in the last digits, and so do its figures).
+# A change to the build's code or config changes the digest, and the next run builds anew;
+# `pilot-commit tiny build --force` rebuilds, and copying that build here reships it
+# (tests/trainer/test_tiny_shipped.py checks the shipped build is the default config's).
+SHIPPED = Path(__file__).parent / "shipped"
+
+
 def default_out_root() -> Path:
     """`$PILOT_COMMIT_CACHE/tiny`, else `.cache/tiny` under the working directory."""
     return cache_root("tiny")
@@ -113,9 +123,15 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArtifacts:
-    """Build into `build_dir(out_root, config)` unless it is already there."""
+    """Build into `build_dir(out_root, config)` unless it is already there, or copy the
+    build the project ships (`SHIPPED`) when it is this config's; `force` rebuilds."""
     final = build_dir(out_root, config)
     if is_built(final) and not force:
+        return TinyArtifacts.at(final)
+    shipped = build_dir(SHIPPED, config)
+    if is_built(shipped) and not force:
+        log_line(Console(), f"tiny build: the shipped build {shipped.name} -> {final}")
+        assemble(final, lambda staging: shutil.copytree(shipped, staging, dirs_exist_ok=True))
         return TinyArtifacts.at(final)
     out_root.mkdir(parents=True, exist_ok=True)
     log_line(
