@@ -308,6 +308,16 @@ class TrainerConfig(_Section):
     )
 
     @model_validator(mode="after")
+    def _schedule_fits_the_run(self) -> TrainerConfig:
+        if self.optim.lr_schedule == "cosine" and self.run.steps <= self.optim.warmup_steps:
+            raise ValueError(
+                f"optim.lr_schedule = 'cosine' decays after optim.warmup_steps "
+                f"({self.optim.warmup_steps}), so run.steps ({self.run.steps}) must be larger; "
+                "set fewer warmup steps or lr_schedule = 'constant'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _consistent_logprobs(self) -> TrainerConfig:
         if self.optim.tis_cap is not None and self.sampling.top_p < 1.0:
             raise ValueError(
@@ -362,8 +372,12 @@ def _fields_at(path: tuple[Any, ...]) -> list[str]:
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "config"
-        message = f"{where}: {item['msg'][:1].lower()}{item['msg'][1:]}"
+        text = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check across sections: its message names the fields
+            parts.append(text)
+            continue
+        where = ".".join(str(p) for p in item["loc"])
+        message = f"{where}: {text[:1].lower()}{text[1:]}"
         if item["type"] != "missing":
             message += f" (got {item['input']!r})"
         if item["type"] == "extra_forbidden":

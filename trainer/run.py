@@ -358,4 +358,6 @@ def report(config: TrainerConfig, output: Path, console: Console, command_s: flo
         console.print("no plot: matplotlib is not installed (pip install matplotlib)")
         plotted = False
     plot = f", accuracy against rollouts in {output / PLOT_NAME}" if plotted else ""
-    console.print(f"done: metrics in {metrics}{plot}", markup=False, highlight=False)
+    console.print(
+        f"done: metrics in {metrics}{plot}", markup=False, highlight=False, soft_wrap=True
+    )

@@ -48,6 +48,8 @@ def test_bad_values_are_rejected_with_the_field_named() -> None:
         load_config(ROOT / "configs" / "tiny.toml", ["optim.warmup_step=2"])
     with pytest.raises(ConfigError, match=r"did you mean sampling\?$"):
         load_config(ROOT / "configs" / "tiny.toml", ["samplng.top_p=1"])
+    with pytest.raises(ConfigError, match=r"run\.steps \(4\) must be larger"):
+        load_config(ROOT / "configs" / "tiny.toml", ["run.steps=4"])  # 10 warmup, cosine
     with pytest.raises(ConfigError, match=r"nope\.toml: .*No such file"):
         load_config(ROOT / "configs" / "nope.toml")
     with pytest.raises(ConfigError, match=r"'steps' is not a table"):
