@@ -131,7 +131,11 @@ def build(out_root: Path, config: TinyConfig, *, force: bool = False) -> TinyArt
     shipped = build_dir(SHIPPED, config)
     if is_built(shipped) and not force:
         log_line(Console(), f"tiny build: the shipped build {shipped.name} -> {final}")
-        assemble(final, lambda staging: shutil.copytree(shipped, staging, dirs_exist_ok=True))
+
+        def copy(staging: Path) -> None:
+            shutil.copytree(shipped, staging, dirs_exist_ok=True)
+
+        assemble(final, copy)
         return TinyArtifacts.at(final)
     out_root.mkdir(parents=True, exist_ok=True)
     log_line(
