@@ -292,6 +292,32 @@ class EvalSection(_Section):
     greedy: bool = Field(True, description="Also report greedy accuracy.")
 
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+
+
+class LogSection(_Section):
+    """Where the rows of metrics.jsonl also go (trainer/trackers.py)."""
+
+    trackers: list[TrackerName] = Field(
+        default_factory=lambda: list[TrackerName](["tensorboard"]),
+        description="Experiment trackers: `tensorboard` (tensorboardX, under <output>/"
+        "tensorboard), `wandb`, `mlflow` (`pip install 'pilot-commit[trackers]'`). One that "
+        "is missing or cannot start is reported in one line and the run goes on.",
+    )
+    project: str = Field("pilot-commit", description="W&B project and MLflow experiment name.")
+    run_name: str | None = Field(None, description="Tracker run name; null: the output folder's.")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline",
+        description="W&B mode: `offline` writes under <output>/wandb (upload later with "
+        "`wandb sync`); `online` needs W&B credentials and a network.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a file store at "
+        "<output>/mlruns.",
+    )
+
+
 class TrainerConfig(_Section):
     """Everything a run needs; see configs/tiny.toml for a complete example."""
 
@@ -302,6 +328,7 @@ class TrainerConfig(_Section):
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    log: LogSection = Field(default_factory=LogSection)
     allocation: AnyStrategyConfig = Field(
         description="Sent to the allocator: `strategy` (grpo | dapo | pilot_commit | ...) "
         "and its parameters."

@@ -6,26 +6,37 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from tensorboardX import SummaryWriter
 
 from services.common.progress import LineProgress, log_line, make_console, progress, say
+from trainer.trackers import TensorBoardTracker, Tracker
 
 
 class Logbook:
-    def __init__(self, output: Path, total_steps: int, console: Console | None = None) -> None:
+    """metrics.jsonl and allocation.jsonl, the experiment trackers (trainer/trackers.py;
+    default: TensorBoard alone) and the progress display of one run."""
+
+    def __init__(
+        self,
+        output: Path,
+        total_steps: int,
+        console: Console | None = None,
+        trackers: Sequence[Tracker] | None = None,
+    ) -> None:
         output.mkdir(parents=True, exist_ok=True)
         self.console = console or make_console()
         self._jsonl = (output / "metrics.jsonl").open("a")
-        self._tb = SummaryWriter(str(output / "tensorboard"))
+        self._allocation = (output / "allocation.jsonl").open("a")
+        self.trackers: list[Tracker] = (
+            list(trackers) if trackers is not None else [TensorBoardTracker(output)]
+        )
         self._progress = progress(
             self.console,
             TextColumn("[bold]step"),
@@ -47,13 +58,38 @@ class Logbook:
     ) -> None:
         self._progress.stop()
         self._jsonl.close()
-        self._tb.close()
+        self._allocation.close()
+        for tracker in self.trackers:
+            self._each(tracker, "close")
+
+    def _each(self, tracker: Tracker, method: str, *args: Any) -> None:
+        """Call a tracker; one that fails is reported once and dropped (the run goes on)."""
+        try:
+            getattr(tracker, method)(*args)
+        except Exception as exc:
+            say(self.console, f"tracker {tracker.name} failed ({type(exc).__name__}: {exc}); "
+                "the run goes on without it")  # fmt: skip
+            if tracker in self.trackers:
+                self.trackers.remove(tracker)
+
+    def config(self, config: dict[str, Any]) -> None:
+        """The run's resolved config, to every tracker."""
+        for tracker in list(self.trackers):
+            self._each(tracker, "log_config", config)
+
+    def table(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """One step's allocation rows: to allocation.jsonl and every tracker."""
+        for row in rows:
+            self._allocation.write(json.dumps(row) + "\n")
+        self._allocation.flush()
+        for tracker in list(self.trackers):
+            self._each(tracker, "log_table", step, rows)
 
     def write(self, row: dict[str, Any]) -> None:
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        for key, value in _scalars(row):
-            self._tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+        for tracker in list(self.trackers):
+            self._each(tracker, "log_row", row)
         if row["kind"] == "eval":
             self.last_eval = row
             say(
@@ -98,17 +134,3 @@ class Logbook:
         log_line(self.console, f"{what} ...")
         yield
         log_line(self.console, f"{what}: done in {time.monotonic() - started:.1f}s")
-
-
-def _scalars(row: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """The finite numbers of `row`, those of a nested table (`eval_accuracy_by_source`)
-    as `key/name`."""
-    for key, value in row.items():
-        if isinstance(value, dict):
-            yield from ((f"{key}/{k}", v) for k, v in _scalars(value))
-        elif _number(value) and math.isfinite(value):
-            yield key, value
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -156,6 +156,7 @@ async def train_steps(t: Trainer, until: int | None = None) -> list[dict[str, An
         started, clock = time.perf_counter(), PhaseClock()
         rollouts_before = t.allocator_counts.rollouts_total
         groups: list[list[Rollout]] = []
+        table: list[dict[str, Any]] = []
         rounds, batch_complete = 0, False
         while not batch_complete:
             with clock("allocate"):
@@ -167,6 +168,7 @@ async def train_steps(t: Trainer, until: int | None = None) -> list[dict[str, An
             with clock("allocate"):
                 result = await t.services.allocator.report(t.run_id, plan.plan_id, rewards)
             groups += collect(t, plan, completions, rewards, result)
+            table += allocation_rows(t.step + 1, plan, rewards, result)
             rounds, batch_complete = rounds + 1, result.batch_complete
         with clock("train"):
             losses = train(t, groups)
@@ -179,6 +181,7 @@ async def train_steps(t: Trainer, until: int | None = None) -> list[dict[str, An
         t.wall_s += step_s
         row = train_row(t, groups, rounds, clock, step_s, losses, landing)
         t.log.write(row)
+        t.log.table(t.step, table)
         rows.append(row)
         if finished(t) or eval_due(t, rollouts_before):
             await evaluate_and_log(t)
@@ -186,6 +189,28 @@ async def train_steps(t: Trainer, until: int | None = None) -> list[dict[str, An
             with t.log.phase(f"checkpoint step {t.step}"):
                 await run_checkpoint.save_run(t)
     return rows
+
+
+def allocation_rows(
+    step: int, plan: am.Plan, rewards: list[list[float]], result: am.ResultsResponse
+) -> list[dict[str, Any]]:
+    """One row per plan item of a round, for allocation.jsonl and the trackers: the
+    prompt, its role, rollouts generated, the pass rate of those rollouts (a pilot's
+    estimate), the gate's outcome (services/allocator/models.py `GateOut`) and the stored
+    pilot rollouts a commit reuses."""
+    return [
+        {
+            "step": step,
+            "round": plan.round,
+            "prompt_id": item.prompt_id,
+            "role": item.role,
+            "n": item.n,
+            "pass_rate": sum(item_rewards) / len(item_rewards) if item_rewards else None,
+            "outcome": gate.outcome,
+            "reused": len(item.reuse),
+        }
+        for item, item_rewards, gate in zip(plan.items, rewards, result.gates, strict=True)
+    ]
 
 
 def finished(t: Trainer) -> bool:

@@ -43,6 +43,7 @@ from trainer.loop import Dataset, Services, Trainer
 from trainer.policy import Policy
 from trainer.prompts import chat_prompt_ids
 from trainer.summary import PLOT_NAME, plot_accuracy, read_summary
+from trainer.trackers import Tracker, open_trackers
 
 if TYPE_CHECKING:
     from trainer.smollm2.build import SmolLM2Artifacts
@@ -327,8 +328,11 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
     try:
         with (
             services_for(config, output, console) as urls,
-            Logbook(output, config.run.steps, console) as logbook,
+            Logbook(
+                output, config.run.steps, console, trackers_for(config, output, console)
+            ) as logbook,
         ):
+            logbook.config(config.model_dump(mode="json"))
             asyncio.run(train(config, output, urls, logbook, ranks))
     except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -338,6 +342,20 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
             distributed.close()
     report(config, output, console, time.monotonic() - started)
     return 0
+
+
+def trackers_for(config: TrainerConfig, output: Path, console: Console) -> list[Tracker]:
+    """The trackers `[log]` asks for that start (trainer/trackers.py)."""
+    log = config.log
+    return open_trackers(
+        log.trackers,
+        output,
+        console,
+        project=log.project,
+        run_name=log.run_name,
+        wandb_mode=log.wandb_mode,
+        mlflow_tracking_uri=log.mlflow_tracking_uri,
+    )
 
 
 def report(config: TrainerConfig, output: Path, console: Console, command_s: float) -> None:

@@ -97,6 +97,20 @@ def test_each_strategy_trains(strategy: str, assets: Path, stack: StackUrls, tmp
     assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)  # every push was checked
     assert (tmp_path / strategy / "checkpoint" / "trainer.pt").exists()
     assert list((tmp_path / strategy / "tensorboard").iterdir())
+    # allocation.jsonl: a row per plan item and round, its role and the gate's outcome
+    table = [json.loads(line) for line in (tmp_path / strategy / "allocation.jsonl").open()]
+    assert {r["step"] for r in table} == {1, 2}
+    rollouts = sum(r["n"] for r in table)
+    assert rollouts == last["rollouts_total"]  # every generated rollout is in the table
+    assert all(0.0 <= r["pass_rate"] <= 1.0 for r in table)
+    if strategy == "pilot_commit":
+        roles = {r["role"] for r in table}
+        assert roles == {"pilot", "commit"}, roles
+        assert all(r["reused"] > 0 for r in table if r["role"] == "commit")
+        assert {r["outcome"] for r in table if r["role"] == "pilot"} <= {
+            "pass", "too_easy", "too_hard", "trained", "surplus", "direct_commit",
+            "evicted_posterior",
+        }  # fmt: skip
 
 
 def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_path: Path):
