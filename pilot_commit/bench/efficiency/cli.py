@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
 from pilot_commit.bench.efficiency import report as rep
 from pilot_commit.bench.efficiency.cells import run_pending
 from pilot_commit.bench.efficiency.stats import MIN_SEEDS, sign_statement
@@ -22,6 +20,7 @@ from pilot_commit.bench.efficiency.suites import (
     real_batch_sizes,
     tiny_settings,
 )
+from services.common.progress import make_console
 
 TINY_BUDGET, QUICK_BUDGET = 32000, 16000
 TINY_B, TINY_G = 8, 32
@@ -195,7 +194,11 @@ def main(argv: list[str]) -> int:
     suite = build_suite(args)
     check_suite(suite)
     root = args.output / suite.name
-    console = Console()
+    console = make_console()
+    if not console.is_terminal:  # no carriage-return bars from transformers in a log file
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     left = [] if args.report else run_pending(suite, root, console, args.max_hours)
     report = rep.build_report(suite, root)
     rep.print_report(console, report)
