@@ -188,10 +188,17 @@ def say(console: Console, text: str) -> None:
         log_line(console, text)
 
 
+LOG_WIDTH = 200
+
+
 def make_console() -> Console:
     """The console for a command's progress: rich's, without the source location it puts
-    on every `log` line (`logbook.py:64`)."""
-    return Console(log_path=False)
+    on every `log` line (`logbook.py:64`); writing to a file or a pipe, `LOG_WIDTH`
+    columns instead of rich's 80, so that tables (the benchmarks' reports) stay legible."""
+    console = Console(log_path=False)
+    if not console.is_terminal:
+        console.width = LOG_WIDTH
+    return console
 
 
 def progress(
