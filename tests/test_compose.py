@@ -328,10 +328,22 @@ def deploy_doc_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
+def test_deploy_doc_data_fragments_are_valid_data_sections() -> None:
+    import tomllib
+
+    from trainer.config import DataSection
+
+    fragments = [b for b in deploy_doc_blocks("toml") if "[allocation]" not in b]
+    assert fragments, "docs/deploy.md shows a [data] fragment for saved datasets"
+    for block in fragments:
+        data = DataSection.model_validate(tomllib.loads(block)["data"])
+        assert data.train_path is not None
+
+
 def test_deploy_doc_gpu_config_loads(tmp_path: Path) -> None:
     from trainer.config import load_config
 
-    [block] = deploy_doc_blocks("toml")
+    [block] = [b for b in deploy_doc_blocks("toml") if "[allocation]" in b]  # the whole config
     path = tmp_path / "gpu-math.toml"
     path.write_text(block)
     [args] = pilot_commit_invocations(all_services()["trainer"]["command"])
