@@ -114,7 +114,7 @@ def _table_records(path: Path, split: str) -> Iterator[tuple[str, Any]]:
             loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
         else:
             loaded = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-    except (OSError, ValueError, FileNotFoundError) as exc:
+    except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read as a dataset: {exc}") from exc
     where = str(path)
     if isinstance(loaded, datasets.DatasetDict):

@@ -43,3 +43,14 @@ def test_a_fresh_cache_gets_the_shipped_build_without_building(
         assert (artifacts.root / name).read_bytes() == (shipped / name).read_bytes()
     with pytest.raises(AssertionError, match="should have been copied"):
         build(tmp_path / "other", TinyConfig(seed=0), force=True)  # --force rebuilds
+
+
+def test_the_build_command_says_the_build_was_copied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer.tiny.cli import main
+
+    assert main(["build", "--out", str(tmp_path)]) == 0
+    assert "(copied from the shipped build, which was built in" in capsys.readouterr().out
+    assert main(["build", "--out", str(tmp_path)]) == 0
+    assert "(cached)" in capsys.readouterr().out

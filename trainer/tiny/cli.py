@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from trainer.tiny.build import (
+    SHIPPED,
     RegimeArtifacts,
     TinyArtifacts,
     TinyConfig,
@@ -52,9 +53,12 @@ def _build(args: argparse.Namespace) -> TinyArtifacts:
     config = TinyConfig(seed=args.seed)
     out_root = args.out or default_out_root()
     cached = is_built(build_dir(out_root, config)) and not args.force
+    shipped = not cached and not args.force and is_built(build_dir(SHIPPED, config))
     artifacts = build(out_root, config, force=args.force)
     calibration = artifacts.calibration
     state = "cached" if cached else f"built in {calibration['wall_seconds']}s"
+    if shipped:
+        state = f"copied from the shipped build, which was {state}"
     print(
         f"{artifacts.root} ({state}): {calibration['parameters']:,} parameters, "
         f"greedy {calibration['greedy_accuracy']:.1%}, "
