@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "up": ("pilot_commit.up", "start Redis and every service locally until Ctrl-C"),
     "train": ("trainer.cli", "run RL training from a TOML config"),
+    "dashboard": ("pilot_commit.dashboard", "serve a live, read-only web page of one run"),
     "bench": ("pilot_commit.bench", "benchmarks (allocator, verifier, generation, fleet, ...)"),
 }
 

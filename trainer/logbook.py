@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,7 +34,8 @@ class Logbook:
         output.mkdir(parents=True, exist_ok=True)
         self.console = console or make_console()
         self._jsonl = (output / "metrics.jsonl").open("a")
-        self._allocation = (output / "allocation.jsonl").open("a")
+        self._allocation_path = output / "allocation.jsonl"
+        self._allocation = self._allocation_path.open("a")
         self.trackers: list[Tracker] = (
             list(trackers) if trackers is not None else [TensorBoardTracker(output)]
         )
@@ -76,6 +78,26 @@ class Logbook:
         """The run's resolved config, to every tracker."""
         for tracker in list(self.trackers):
             self._each(tracker, "log_config", config)
+
+    def resumed(self, step: int) -> None:
+        """The run resumes after `step`: drop allocation.jsonl's rows of later steps (an
+        attempt the checkpoint does not hold, to be redone with other plans) and a row cut
+        short by a crash, so the file holds each step's rounds once. The file is replaced
+        atomically. metrics.jsonl keeps its rows: there the last row of a step counts."""
+        self._allocation.close()
+        path = self._allocation_path
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line.endswith("\n") and row.get("step", 0) <= step:
+                kept.append(line)
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text("".join(kept))
+        os.replace(partial, path)
+        self._allocation = path.open("a")
 
     def table(self, step: int, rows: list[dict[str, Any]]) -> None:
         """One step's allocation rows: to allocation.jsonl and every tracker."""

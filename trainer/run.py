@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import subprocess
 import sys
@@ -244,7 +245,7 @@ async def train(
     data = load_dataset(config.data.train_path, config, tokenizer)
     eval_data = load_dataset(config.data.test_path, config, tokenizer, "test")
     policy = build_policy(config, ranks)
-    run_id = config.run.run_id or output.resolve().name
+    run_id = run_id_of(config, output)
     async with clients(config, urls, output, data) as services:
         trainer = Trainer(config, run_id, policy, data, eval_data, services, logbook, output)
         await loop.run(trainer)
@@ -333,6 +334,8 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
             ) as logbook,
         ):
             logbook.config(config.model_dump(mode="json"))
+            write_services(output, run_id_of(config, output), urls)
+            say(console, f"live view: pilot-commit dashboard {output}")
             asyncio.run(train(config, output, urls, logbook, ranks))
     except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -342,6 +345,26 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
             distributed.close()
     report(config, output, console, time.monotonic() - started)
     return 0
+
+
+def run_id_of(config: TrainerConfig, output: Path) -> str:
+    """The allocator run id: `[run] run_id`, else the output folder's name."""
+    return config.run.run_id or output.resolve().name
+
+
+SERVICES_FILE = "services.json"
+
+
+def write_services(output: Path, run_id: str, urls: StackUrls) -> None:
+    """`<output>/services.json`: where this run's services answer and its allocator run id
+    (no token), for `pilot-commit dashboard` and for people; rewritten by every start."""
+    found = {
+        "run_id": run_id,
+        "allocator_url": urls.allocator_url,
+        "verifier_url": urls.verifier_url,
+        "generation_urls": list(urls.generation_urls),
+    }
+    (output / SERVICES_FILE).write_text(json.dumps(found, indent=2) + "\n")
 
 
 def trackers_for(config: TrainerConfig, output: Path, console: Console) -> list[Tracker]:

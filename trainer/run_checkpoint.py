@@ -247,6 +247,7 @@ async def resume_or_create(t: Trainer) -> None:
         load_trainer_state(t, checkpoint / "trainer.pt")
         snapshot = am.Snapshot.model_validate_json((checkpoint / "allocator.json").read_text())
         await alloc.restore_snapshot(t.run_id, snapshot)
+        t.log.resumed(t.step)
         t.log.note(f"resumed from {checkpoint} at step {t.step}")
         return
     spec = am.RunSpec(num_prompts=len(t.data.answers), seed=t.cfg.run.seed, config=t.cfg.allocation)

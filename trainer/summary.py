@@ -76,21 +76,33 @@ class RunSummary:
         return out
 
 
+def metrics_rows(metrics: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(eval rows, train rows) of the metrics.jsonl at `metrics`, each sorted by step, the
+    last row written for each (kind, step) (a missing file: none). A last line without its
+    newline that is not JSON yet is a row being written, and is skipped. Raises ValueError
+    naming the line for any other row that is not JSON."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    text = metrics.read_text() if metrics.exists() else ""
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{metrics}:{number}: not a JSON row ({exc})") from exc
+        latest[(row["kind"], row["step"])] = row
+    evals = sorted((r for (k, _), r in latest.items() if k == "eval"), key=lambda r: r["step"])
+    trains = sorted((r for (k, _), r in latest.items() if k == "train"), key=lambda r: r["step"])
+    return evals, trains
+
+
 def read_summary(metrics: Path) -> RunSummary:
     """The summary of the metrics.jsonl at `metrics` (a missing file: an empty summary).
     Raises ValueError naming the line for a row that is not JSON."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    if metrics.exists():
-        for number, line in enumerate(metrics.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{metrics}:{number}: not a JSON row ({exc})") from exc
-            latest[(row["kind"], row["step"])] = row
-    evals = sorted((r for (k, _), r in latest.items() if k == "eval"), key=lambda r: r["step"])
-    trains = sorted((r for (k, _), r in latest.items() if k == "train"), key=lambda r: r["step"])
+    evals, trains = metrics_rows(metrics)
     return RunSummary(
         first_eval=evals[0] if evals else None,
         last_eval=evals[-1] if len(evals) > 1 else None,

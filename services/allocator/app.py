@@ -190,6 +190,17 @@ def _add_routes(app: FastAPI) -> None:
     async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
         return await store.summary(run_id)
 
+    @app.get("/v1/runs/{run_id}/pool", response_model=m.PoolView, tags=["runs"])
+    async def pool(
+        run_id: RunId,
+        store: Store,
+        bins: Annotated[int, Query(ge=1, le=100, description="Pass-rate bins over [0, 1].")] = 20,
+    ) -> m.PoolView:
+        """The run's summary and, read with it, the pool at a glance: pilot pass rates
+        against the band, prompts by status, buffer ages (for dashboards; reads every
+        statistics bucket of the run)."""
+        return await store.pool(run_id, bins)
+
     @app.delete("/v1/runs/{run_id}", tags=["runs"])
     async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
         return {"deleted_keys": await store.delete_run(run_id)}

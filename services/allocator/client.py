@@ -75,6 +75,9 @@ class AllocatorClient:
     async def summary(self, run_id: str) -> m.RunSummary:
         return await self._call(m.RunSummary, "GET", f"/v1/runs/{run_id}")
 
+    async def pool(self, run_id: str, bins: int = 20) -> m.PoolView:
+        return await self._call(m.PoolView, "GET", f"/v1/runs/{run_id}/pool?bins={bins}")
+
     async def snapshot(
         self, run_id: str, *, page_bytes: int = CHUNK_BYTES, attempts: int = 8
     ) -> m.Snapshot:

@@ -112,6 +112,10 @@ class RunKeys:
         """The answer to the latest step completion, returned again to a retry."""
         return f"{self.prefix}:last_step_done"
 
+    def stats_buckets(self, num_prompts: int) -> list[str]:
+        """Every statistics hash a run of `num_prompts` prompts can have (see `locate`)."""
+        return [f"{self.prefix}:stats:{b}" for b in range(-(-num_prompts // BUCKET_SIZE))]
+
     def locate(self, prompt_ids: Sequence[int]) -> list[tuple[str, str]]:
         """(hash key, field) of each prompt's statistics record.
 

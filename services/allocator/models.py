@@ -279,3 +279,40 @@ class Health(_Model):
 class Ready(_Model):
     status: Literal["ready"] = "ready"
     redis: str
+
+
+class PoolView(_Model):
+    """The pool at a glance (`GET /v1/runs/{run}/pool`), for dashboards: the run's summary
+    and, read with it in one transaction, how the latest pilot pass rates of all prompts
+    sit against the gate band, how many prompts each status has and how old the buffer's
+    entries are. Read-only; see `pool.pool_view`."""
+
+    summary: RunSummary = Field(description="As `GET /v1/runs/{run}` answers it, read at once.")
+    band: tuple[float, float] | None = Field(
+        description="The gate band [p_lower, 1 - p_upper] of pass rates that commit; null "
+        "for strategies without a pilot gate (grpo, dapo)."
+    )
+    exclude_threshold: float | None = Field(
+        description="Pilot pass rate at or above which a prompt is evicted; null: never."
+    )
+    pass_rate_edges: list[float] = Field(
+        description="bins + 1 edges over [0, 1]; bin i is [edge i, edge i+1), the last "
+        "one includes 1."
+    )
+    pass_rate_counts: list[int] = Field(
+        description="Prompts whose latest pilot pass rate falls in each bin (full groups of "
+        "grpo and dapo are not pilots and are not counted)."
+    )
+    piloted: int = Field(description="Prompts with a pilot pass rate (the histogram's total).")
+    pilot_all_equal: int = Field(
+        description="Of them, prompts whose latest pilot was all right or all wrong (pass "
+        "rate exactly 1 or 0): groups with zero reward variance."
+    )
+    statuses: dict[str, int] = Field(
+        description="Prompts by status (active, deferred, easy, buffered, evict_pending, "
+        "evicted); prompts never planned count as active."
+    )
+    buffer_ages: list[int] = Field(
+        description="Buffer entries by age: element k counts entries that passed the gate "
+        "k optimiser steps ago (they sum to the summary's buffer_size)."
+    )

@@ -26,12 +26,17 @@ from services.allocator import models as m
 from services.allocator import protocol as p
 from services.allocator.cas import REFUSED, Commands
 from services.allocator.keys import RunKeys
+from services.allocator.pool import pool_view
 from services.allocator.protocol import Conflict, Invalid, NotFound
 from services.allocator.records import BufferEntry, PromptStats
 from services.allocator.runs import Run, StaleRun, fresh, s
 from services.allocator.snapshot import RunSnapshots
 
 __all__ = ["AllocatorStore", "Conflict", "Invalid", "NotFound", "Run", "StaleRun"]
+
+
+# Statistics buckets read in one transaction by `pool` (64 prompts each: 65,536 prompts).
+POOL_ATOMIC_BUCKETS = 1024
 
 
 class AllocatorStore(RunSnapshots):
@@ -118,23 +123,34 @@ class AllocatorStore(RunSnapshots):
             pipe.hlen(keys.buffer)
             pipe.scard(keys.evict_pending)
             raw, buffer_size, pending = await pipe.execute()
-        state = {s(k): s(v) for k, v in raw.items()}
-        run.check(state)
-        counters = p.counters_from(state, run.strategy.run_state_fields)
-        return m.RunSummary(
-            run_id=run_id,
-            spec=run.spec,
-            step=counters.step,
-            epoch=counters.epoch,
-            cursor=counters.cursor,
-            round=counters.round,
-            committed=counters.committed,
-            open_plan=state.get("open_plan") or None,
-            buffer_size=buffer_size,
-            evict_pending=pending,
-            counters=dict(sorted(counters.totals.items())),
-            strategy_state=run.strategy.describe_run_state(counters),
-        )
+        return _summary(run, raw, buffer_size, pending)
+
+    @fresh
+    async def pool(self, run_id: str, bins: int = 20) -> m.PoolView:
+        """The pool's histograms (`pool.pool_view`): reads every statistics bucket of the
+        run, ~40 bytes per prompt seen. Up to `POOL_ATOMIC_BUCKETS` buckets (65k prompts)
+        in one transaction with the state; a larger run's buckets are read in chunks after
+        it, so its counts may mix a few records of the next round."""
+        run = await self.run(run_id)
+        keys = run.keys
+        buckets = keys.stats_buckets(run.spec.num_prompts)
+        head, rest = (buckets, []) if len(buckets) <= POOL_ATOMIC_BUCKETS else ([], buckets)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.state)
+            pipe.hgetall(keys.buffer)
+            pipe.scard(keys.evict_pending)
+            for bucket in head:
+                pipe.hvals(bucket)
+            raw, buffer, pending, *values = await pipe.execute()
+        for start in range(0, len(rest), POOL_ATOMIC_BUCKETS):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in rest[start : start + POOL_ATOMIC_BUCKETS]:
+                    pipe.hvals(bucket)
+                values += await pipe.execute()
+        summary = _summary(run, raw, len(buffer), pending)
+        records = (PromptStats.unpack(_b(v)) for bucket in values for v in bucket)
+        entries = (BufferEntry.unpack(_b(v)) for v in buffer.values())
+        return pool_view(run.spec, summary, records, entries, bins)
 
     def _check_prompt(self, run: Run, prompt_id: int) -> None:
         if not 0 <= prompt_id < run.spec.num_prompts:
@@ -294,6 +310,27 @@ class AllocatorStore(RunSnapshots):
             for pid, raw in zip(pids, values, strict=True):
                 out[pid] = PromptStats.unpack(raw)
         return out
+
+
+def _summary(run: Run, raw: dict[Any, Any], buffer_size: int, pending: int) -> m.RunSummary:
+    """The run's summary from its state hash as read (checked against the cached config)."""
+    state = {s(k): s(v) for k, v in raw.items()}
+    run.check(state)
+    counters = p.counters_from(state, run.strategy.run_state_fields)
+    return m.RunSummary(
+        run_id=run.run_id,
+        spec=run.spec,
+        step=counters.step,
+        epoch=counters.epoch,
+        cursor=counters.cursor,
+        round=counters.round,
+        committed=counters.committed,
+        open_plan=state.get("open_plan") or None,
+        buffer_size=buffer_size,
+        evict_pending=pending,
+        counters=dict(sorted(counters.totals.items())),
+        strategy_state=run.strategy.describe_run_state(counters),
+    )
 
 
 def _write_stats(c: Commands, keys: RunKeys, stats: dict[int, PromptStats]) -> None:

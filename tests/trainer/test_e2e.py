@@ -120,6 +120,11 @@ def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_pat
     )
     first = make_config(assets, pc, run={"steps": 2, "run_id": "resume-b"})
     run(first, tmp_path / "b", stack)
+    # a step-3 attempt that died after the checkpoint: a round's rows and one cut short
+    cut = tmp_path / "b" / "allocation.jsonl"
+    with cut.open("a") as table:
+        table.write(json.dumps({"step": 3, "round": 0, "prompt_id": 0, "n": 4}) + "\n")
+        table.write('{"step": 3, "round": 1, "pro')
     resumed = run(
         make_config(assets, pc, run={"steps": 3, "run_id": "resume-b"}), tmp_path / "b", stack
     )
@@ -135,6 +140,9 @@ def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_pat
     ):
         assert again[key] == step3[key], key
     assert again["loss"] == pytest.approx(step3["loss"], abs=1e-6)
+    # allocation.jsonl holds each step's rounds once: the dead attempt's rows are gone
+    tables = [(tmp_path / x / "allocation.jsonl").read_text() for x in ("a", "b")]
+    assert tables[1] == tables[0]
 
 
 def _data(config: TrainerConfig) -> Dataset:
