@@ -35,7 +35,7 @@ from services.stack import EmbeddedStack, StackUrls
 from services.verifier.client import VerifierClient
 from trainer import distributed, loop, run_checkpoint
 from trainer.config import TrainerConfig, save_config
-from trainer.data import DataError, read_rows
+from trainer.data import DataError, Row, read_rows
 from trainer.distributed import Ranks
 from trainer.generation.landing import LandingProbe, WeightLandingError, default_tolerance
 from trainer.generation.weight_sync import build_weight_sync
@@ -104,12 +104,15 @@ def _resolve_tasks(config: TrainerConfig) -> TrainerConfig:
     return config.model_copy(update={"data": data, "model": model})
 
 
-def check_data(config: TrainerConfig) -> None:
-    """Read and check both dataset files (trainer/data.py) before anything starts; raises
-    `DataError` naming the file, line and field of the first bad row."""
+def check_data(config: TrainerConfig) -> tuple[list[Row], list[Row]]:
+    """Read and check both dataset files (trainer/data.py) before anything starts: their
+    (train, test) rows, which `train` then tokenises without reading the files again.
+    Raises `DataError` naming the file, line and field of the first bad row."""
     assert config.data.train_path and config.data.test_path
-    read_rows(config.data.train_path, config.data, **split_of(config, "train"))
-    read_rows(config.data.test_path, config.data, **split_of(config, "test"))
+    return (
+        read_rows(config.data.train_path, config.data, **split_of(config, "train")),
+        read_rows(config.data.test_path, config.data, **split_of(config, "test")),
+    )
 
 
 def split_of(config: TrainerConfig, which: Literal["train", "test"]) -> dict[str, Any]:
@@ -123,10 +126,12 @@ def load_dataset(
     config: TrainerConfig,
     tokenizer: PreTrainedTokenizerBase,
     which: Literal["train", "test"] = "train",
+    rows: list[Row] | None = None,
 ) -> Dataset:
     """The rows of `path` (checked, trainer/data.py; `which` picks the split of a saved
-    DatasetDict), tokenised as the run sends them."""
-    rows = read_rows(path, config.data, **split_of(config, which))
+    DatasetDict), or `rows` already read from it, tokenised as the run sends them."""
+    if rows is None:
+        rows = read_rows(path, config.data, **split_of(config, which))
     prompts = [row.prompt for row in rows]
     if config.data.chat_template:
         tokens = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
@@ -232,18 +237,21 @@ async def train(
     urls: StackUrls,
     logbook: Logbook,
     ranks: Ranks | None = None,
+    rows: tuple[list[Row], list[Row]] | None = None,
 ) -> None:
     """Build the run's parts (data, policy, service clients) and run the loop
-    (trainer/loop.py: `run`). With several ranks this is rank 0's part; the others
-    follow (`follow`), and are released when the run ends."""
+    (trainer/loop.py: `run`); `rows` are `check_data`'s, when it was called. With several
+    ranks this is rank 0's part; the others follow (`follow`), and are released when the
+    run ends."""
     assert config.model.path and config.data.train_path and config.data.test_path
     if config.model.threads:
         torch.set_num_threads(config.model.threads)
     torch.manual_seed(config.run.seed)
     random.seed(config.run.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-    data = load_dataset(config.data.train_path, config, tokenizer)
-    eval_data = load_dataset(config.data.test_path, config, tokenizer, "test")
+    train_rows, test_rows = rows or (None, None)
+    data = load_dataset(config.data.train_path, config, tokenizer, "train", train_rows)
+    eval_data = load_dataset(config.data.test_path, config, tokenizer, "test", test_rows)
     policy = build_policy(config, ranks)
     run_id = run_id_of(config, output)
     async with clients(config, urls, output, data) as services:
@@ -313,7 +321,7 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
         return follow(config, ranks)
     config = resolve_data(config)
     try:
-        check_data(config)
+        rows = check_data(config)
     except DataError as exc:
         print(f"pilot-commit train: {exc}", file=sys.stderr)
         return 1
@@ -336,7 +344,7 @@ def execute(config: TrainerConfig, output: Path, argv: list[str], nproc: int = 1
             logbook.config(config.model_dump(mode="json"))
             write_services(output, run_id_of(config, output), urls)
             say(console, f"live view: pilot-commit dashboard {output}")
-            asyncio.run(train(config, output, urls, logbook, ranks))
+            asyncio.run(train(config, output, urls, logbook, ranks, rows))
     except (ServiceError, ServiceUnavailable, WeightLandingError, VLLMNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
