@@ -313,9 +313,10 @@ def main(argv: list[str]) -> int:
                 cluster_rows.append(
                     bench_pool(n, args.steps, Path(tmp), display, args.snapshot, cluster=True)
                 )
-    pairs = zip(rows, cluster_rows, strict=True)
+    # without --cluster there are no cluster rows, and no ratios
+    pairs = list(zip(rows, cluster_rows, strict=True)) if args.cluster else []
     console.print(table([r for pair in pairs for r in pair] if args.cluster else rows))
-    ratios = [cluster_ratio(one, c) for one, c in zip(rows, cluster_rows, strict=True)]
+    ratios = [cluster_ratio(one, c) for one, c in pairs]
     for r in ratios:
         console.print(
             f"{r['prompts']:,} prompts, cluster / one Redis: rewards/s x{r['rewards_per_s']:.2f}, "
