@@ -127,6 +127,8 @@ class DataSection(_Section):
                 )
             if self.tiny or self.smollm2:
                 raise ValueError("data.tasks replaces data.tiny and data.smollm2: set one")
+        elif self.tiny and self.smollm2:
+            raise ValueError("data.tiny and data.smollm2 are both true: set one")
         elif self.eval_split != "test":
             raise ValueError("data.eval_split = 'validation' needs data.tasks (a validation split)")
         return self

@@ -80,6 +80,11 @@ _SUMMED = (
 )
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of `[model] dtype` ("float32" or "bfloat16")."""
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
 class Policy:
     """The policy model and its optimiser, in one process or sharded over several ranks.
 
@@ -113,9 +118,8 @@ class Policy:
         self.ranks = ranks
         self.rank, self.world = (ranks.rank, ranks.world_size) if ranks else (0, 1)
         self.device = distributed.init(ranks, device) if ranks else pick_device(device)
-        torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch_dtype
+            model_path, dtype=torch_dtype(dtype)
         )
         self.model.to(self.device)  # type: ignore[arg-type]
         # Dropout is off for the whole run, scoring and updates alike (as TRL's and verl's

@@ -41,7 +41,7 @@ from trainer.generation.landing import LandingProbe, WeightLandingError, default
 from trainer.generation.weight_sync import build_weight_sync
 from trainer.logbook import Logbook
 from trainer.loop import Dataset, Services, Trainer
-from trainer.policy import Policy
+from trainer.policy import Policy, torch_dtype
 from trainer.prompts import chat_prompt_ids
 from trainer.summary import PLOT_NAME, plot_accuracy, read_summary
 from trainer.trackers import Tracker, open_trackers
@@ -175,7 +175,7 @@ def landing_probe(config: TrainerConfig, data: Dataset) -> LandingProbe | None:
     s = config.services
     if not s.landing_check:
         return None
-    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+    dtype = torch_dtype(config.model.dtype)
     return LandingProbe(
         data.prompt_tokens[: s.landing_prompts],
         tolerance=s.landing_tolerance or default_tolerance(dtype),

@@ -280,14 +280,6 @@ def exact_constant(text: str) -> Fraction | None:
     return value if isinstance(value, Fraction) else None
 
 
-def exact_verdict(reference: str, answer: str) -> bool | None:
-    """Equal or not, for two rational constants compared exactly; None otherwise."""
-    ref, ans = exact_constant(reference), exact_constant(answer)
-    if ref is None or ans is None:
-        return None
-    return ref == ans
-
-
 def _split_top_level(inner: str) -> list[str] | None:
     parts, depth, start = [], 0, 0
     for i, char in enumerate(inner):

@@ -54,6 +54,8 @@ def test_bad_values_are_rejected_with_the_field_named() -> None:
         load_config(ROOT / "configs" / "nope.toml")
     with pytest.raises(ConfigError, match=r"'steps' is not a table"):
         load_config(ROOT / "configs" / "tiny.toml", ["run.steps.x=1"])
+    with pytest.raises(ConfigError, match=r"data\.tiny and data\.smollm2 are both true"):
+        load_config(ROOT / "configs" / "tiny.toml", ["data.smollm2=true"])
     with pytest.raises(ValueError, match=r"key\.path=value"):
         apply_overrides({}, ["no-equals-sign"])
 
