@@ -257,7 +257,9 @@ class Engine:
         for job in jobs:
             mine = outputs[start : start + len(job.sequences)]
             start += len(job.sequences)
-            job.future.set_result(JobOutput(mine, last, first))
+            job.future.set_result(
+                JobOutput(mine, weight_version=last, initial_weight_version=first)
+            )
 
     def _collect(self) -> list[Job]:
         """The next batch: requests that keep arriving less than a window apart.
