@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import (
@@ -94,7 +94,8 @@ def create_app(settings: AllocatorSettings | None = None) -> FastAPI:
     install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
     if settings.token:
         _add_auth(app, settings.token)  # added last: runs first, before the body limit
-    _add_routes(app)
+    for router in (ops, runs, rounds, prompts):
+        app.include_router(router)
     document_errors(app, _error_codes)
     return app
 
@@ -164,178 +165,193 @@ def _error_codes(method: str, path: str) -> list[int]:
     return codes
 
 
-def _add_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=m.Health, tags=["ops"])
-    async def health() -> m.Health:
-        """The process is up (does not touch Redis)."""
-        return m.Health()
+# The routes, by OpenAPI tag: probes, runs (create, read, delete, snapshots and restores),
+# rounds (plan, results, step and epoch completion) and single prompts.
+ops = APIRouter(tags=["ops"])
+runs = APIRouter(tags=["runs"])
+rounds = APIRouter(tags=["rounds"])
+prompts = APIRouter(tags=["prompts"])
 
-    @app.get("/ready", response_model=m.Ready, tags=["ops"])
-    async def ready(request: Request) -> m.Ready:
-        """Redis answers PING; 503 otherwise."""
-        await request.app.state.redis.ping()
-        return m.Ready(redis="ok")
 
-    @app.get("/v1/runs", response_model=list[str], tags=["runs"])
-    async def list_runs(store: Store) -> list[str]:
-        return await store.list_runs()
+@ops.get("/health", response_model=m.Health)
+async def health() -> m.Health:
+    """The process is up (does not touch Redis)."""
+    return m.Health()
 
-    @app.put("/v1/runs/{run_id}", response_model=m.RunCreated, tags=["runs"])
-    async def create_run(run_id: RunId, spec: m.RunSpec, store: Store) -> m.RunCreated:
-        """Create a run; repeating it with the same spec is a no-op, another spec is 409."""
-        _, created = await store.create_run(run_id, spec)
-        return m.RunCreated(created=created, run=await store.summary(run_id))
 
-    @app.get("/v1/runs/{run_id}", response_model=m.RunSummary, tags=["runs"])
-    async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
-        return await store.summary(run_id)
+@ops.get("/ready", response_model=m.Ready)
+async def ready(request: Request) -> m.Ready:
+    """Redis answers PING; 503 otherwise."""
+    await request.app.state.redis.ping()
+    return m.Ready(redis="ok")
 
-    @app.get("/v1/runs/{run_id}/pool", response_model=m.PoolView, tags=["runs"])
-    async def pool(
-        run_id: RunId,
-        store: Store,
-        bins: Annotated[int, Query(ge=1, le=100, description="Pass-rate bins over [0, 1].")] = 20,
-    ) -> m.PoolView:
-        """The run's summary and, read with it, the pool at a glance: pilot pass rates
-        against the band, prompts by status, buffer ages (for dashboards; reads every
-        statistics bucket of the run)."""
-        return await store.pool(run_id, bins)
 
-    @app.delete("/v1/runs/{run_id}", tags=["runs"])
-    async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
-        return {"deleted_keys": await store.delete_run(run_id)}
+@runs.get("/v1/runs", response_model=list[str])
+async def list_runs(store: Store) -> list[str]:
+    return await store.list_runs()
 
-    @app.get("/v1/runs/{run_id}/snapshot", response_model=m.Snapshot, tags=["runs"])
-    async def snapshot(run_id: RunId, store: Store) -> m.Snapshot:
-        """Every key of the run (for trainer checkpoints)."""
-        return await store.snapshot(run_id)
 
-    @app.put(
-        "/v1/runs/{run_id}/snapshot",
-        response_model=m.RunSummary,
-        tags=["runs"],
-    )
-    async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
-        """Replace the run's state with a snapshot (resume from a trainer checkpoint)."""
-        await store.restore_snapshot(run_id, body)
-        return await store.summary(run_id)
+@runs.put("/v1/runs/{run_id}", response_model=m.RunCreated)
+async def create_run(run_id: RunId, spec: m.RunSpec, store: Store) -> m.RunCreated:
+    """Create a run; repeating it with the same spec is a no-op, another spec is 409."""
+    _, created = await store.create_run(run_id, spec)
+    return m.RunCreated(created=created, run=await store.summary(run_id))
 
-    @app.get("/v1/runs/{run_id}/snapshot/pages", response_model=m.SnapshotPage, tags=["runs"])
-    async def snapshot_page(
-        run_id: RunId,
-        store: Store,
-        cursor: Annotated[
-            int, Query(ge=0, le=2**64 - 1, description="0, then the previous `next_cursor`.")
-        ] = 0,
-        max_bytes: Annotated[
-            int, Query(ge=1, le=64 * 1024 * 1024, description="Stop after this much base64.")
-        ] = 4 * 1024 * 1024,
-    ) -> m.SnapshotPage:
-        """One page of the run's snapshot, for runs too large for one answer; the client
-        reads pages until `next_cursor` is null and checks they carry one `version`."""
-        return await store.snapshot_page(run_id, cursor, max_bytes)
 
-    @app.put(
-        "/v1/runs/{run_id}/restores/{restore_id}/keys",
-        response_model=m.RestoreStaged,
-        tags=["runs"],
-    )
-    async def stage_restore(
-        run_id: RunId, restore_id: RestoreId, body: m.RestoreChunk, store: Store
-    ) -> m.RestoreStaged:
-        """Stage one chunk of a snapshot for a restore chosen by the caller (`restore_id`,
-        fresh per restore); the run is not touched until the commit."""
-        return m.RestoreStaged(staged=await store.stage_restore(run_id, restore_id, body.keys))
+@runs.get("/v1/runs/{run_id}", response_model=m.RunSummary)
+async def run_summary(run_id: RunId, store: Store) -> m.RunSummary:
+    return await store.summary(run_id)
 
-    @app.post(
-        "/v1/runs/{run_id}/restores/{restore_id}/commit",
-        response_model=m.RunSummary,
-        tags=["runs"],
-    )
-    async def commit_restore(
-        run_id: RunId, restore_id: RestoreId, body: m.RestoreCommit, store: Store
-    ) -> m.RunSummary:
-        """Replace the run's state with the staged snapshot, all at once; idempotent."""
-        await store.commit_restore(run_id, restore_id, body.keys)
-        return await store.summary(run_id)
 
-    @app.post("/v1/runs/{run_id}/plan", response_model=m.Plan, tags=["rounds"])
-    async def plan(run_id: RunId, body: m.PlanRequest, store: Store) -> m.Plan:
-        """Plan the next round (pilot + commit items under one plan id)."""
-        return await store.plan(run_id, body.request_id)
+@runs.get("/v1/runs/{run_id}/pool", response_model=m.PoolView)
+async def pool(
+    run_id: RunId,
+    store: Store,
+    bins: Annotated[int, Query(ge=1, le=100, description="Pass-rate bins over [0, 1].")] = 20,
+) -> m.PoolView:
+    """The run's summary and, read with it, the pool at a glance: pilot pass rates
+    against the band, prompts by status, buffer ages (for dashboards; reads every
+    statistics bucket of the run)."""
+    return await store.pool(run_id, bins)
 
-    @app.post(
-        "/v1/runs/{run_id}/plans/{plan_id}/results",
-        response_model=m.ResultsResponse,
-        tags=["rounds"],
-    )
-    async def results(
-        run_id: RunId, plan_id: str, body: m.ResultsRequest, store: Store, request: Request
-    ) -> m.ResultsResponse:
-        """Report a plan's rewards; idempotent by plan id."""
-        answer, applied = await store.report_applied(run_id, plan_id, body.rewards)
-        if applied:  # a retry is answered again but counted once
-            request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
-        return answer
 
-    @app.post(
-        "/v1/runs/{run_id}/plans/{plan_id}/abandon",
-        response_model=m.Plan,
-        tags=["rounds"],
-    )
-    async def abandon(run_id: RunId, plan_id: str, store: Store) -> m.Plan:
-        """Close an open plan without results (e.g. after a trainer crash)."""
-        return await store.abandon(run_id, plan_id)
+@runs.delete("/v1/runs/{run_id}")
+async def delete_run(run_id: RunId, store: Store) -> dict[str, int]:
+    return {"deleted_keys": await store.delete_run(run_id)}
 
-    @app.post(
-        "/v1/runs/{run_id}/steps/{step}/complete",
-        response_model=m.StepCompleteResponse,
-        tags=["rounds"],
-    )
-    async def complete_step(run_id: RunId, step: int, store: Store) -> m.StepCompleteResponse:
-        """After the optimiser step: expire old buffer entries and move to the next step."""
-        return await store.complete_step(run_id, step)
 
-    @app.post(
-        "/v1/runs/{run_id}/epoch/complete",
-        response_model=m.EpochCompleteResponse,
-        tags=["rounds"],
-    )
-    async def complete_epoch(run_id: RunId, store: Store) -> m.EpochCompleteResponse:
-        """End the epoch now: apply pending evictions, flush the buffer, reshuffle."""
-        return await store.complete_epoch(run_id)
+@runs.get("/v1/runs/{run_id}/snapshot", response_model=m.Snapshot)
+async def snapshot(run_id: RunId, store: Store) -> m.Snapshot:
+    """Every key of the run (for trainer checkpoints)."""
+    return await store.snapshot(run_id)
 
-    @app.get(
-        "/v1/runs/{run_id}/prompts/{prompt_id}", response_model=m.PromptStatsOut, tags=["prompts"]
-    )
-    async def prompt(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
-        return await store.prompt(run_id, prompt_id)
 
-    @app.post(
-        "/v1/runs/{run_id}/prompts/{prompt_id}/evict",
-        response_model=m.PromptStatsOut,
-        tags=["prompts"],
-    )
-    async def evict(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
-        return await store.set_evicted(run_id, prompt_id, True)
+@runs.put(
+    "/v1/runs/{run_id}/snapshot",
+    response_model=m.RunSummary,
+)
+async def restore_snapshot(run_id: RunId, body: m.Snapshot, store: Store) -> m.RunSummary:
+    """Replace the run's state with a snapshot (resume from a trainer checkpoint)."""
+    await store.restore_snapshot(run_id, body)
+    return await store.summary(run_id)
 
-    @app.post(
-        "/v1/runs/{run_id}/prompts/{prompt_id}/restore",
-        response_model=m.PromptStatsOut,
-        tags=["prompts"],
-    )
-    async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
-        return await store.set_evicted(run_id, prompt_id, False)
 
-    @app.post(
-        "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
-        response_model=m.EvidenceResponse,
-        tags=["prompts"],
-    )
-    async def evidence(
-        run_id: RunId, prompt_id: int, body: m.EvidenceRequest, store: Store
-    ) -> m.EvidenceResponse:
-        """Fold rewards observed outside the run's plans (e.g. an evaluation) into the
-        prompt's statistics; the strategy may restore an evicted prompt. Idempotent by
-        `evidence_id`."""
-        return await store.add_evidence(run_id, prompt_id, body)
+@runs.get("/v1/runs/{run_id}/snapshot/pages", response_model=m.SnapshotPage)
+async def snapshot_page(
+    run_id: RunId,
+    store: Store,
+    cursor: Annotated[
+        int, Query(ge=0, le=2**64 - 1, description="0, then the previous `next_cursor`.")
+    ] = 0,
+    max_bytes: Annotated[
+        int, Query(ge=1, le=64 * 1024 * 1024, description="Stop after this much base64.")
+    ] = 4 * 1024 * 1024,
+) -> m.SnapshotPage:
+    """One page of the run's snapshot, for runs too large for one answer; the client
+    reads pages until `next_cursor` is null and checks they carry one `version`."""
+    return await store.snapshot_page(run_id, cursor, max_bytes)
+
+
+@runs.put(
+    "/v1/runs/{run_id}/restores/{restore_id}/keys",
+    response_model=m.RestoreStaged,
+)
+async def stage_restore(
+    run_id: RunId, restore_id: RestoreId, body: m.RestoreChunk, store: Store
+) -> m.RestoreStaged:
+    """Stage one chunk of a snapshot for a restore chosen by the caller (`restore_id`,
+    fresh per restore); the run is not touched until the commit."""
+    return m.RestoreStaged(staged=await store.stage_restore(run_id, restore_id, body.keys))
+
+
+@runs.post(
+    "/v1/runs/{run_id}/restores/{restore_id}/commit",
+    response_model=m.RunSummary,
+)
+async def commit_restore(
+    run_id: RunId, restore_id: RestoreId, body: m.RestoreCommit, store: Store
+) -> m.RunSummary:
+    """Replace the run's state with the staged snapshot, all at once; idempotent."""
+    await store.commit_restore(run_id, restore_id, body.keys)
+    return await store.summary(run_id)
+
+
+@rounds.post("/v1/runs/{run_id}/plan", response_model=m.Plan)
+async def plan(run_id: RunId, body: m.PlanRequest, store: Store) -> m.Plan:
+    """Plan the next round (pilot + commit items under one plan id)."""
+    return await store.plan(run_id, body.request_id)
+
+
+@rounds.post(
+    "/v1/runs/{run_id}/plans/{plan_id}/results",
+    response_model=m.ResultsResponse,
+)
+async def results(
+    run_id: RunId, plan_id: str, body: m.ResultsRequest, store: Store, request: Request
+) -> m.ResultsResponse:
+    """Report a plan's rewards; idempotent by plan id."""
+    answer, applied = await store.report_applied(run_id, plan_id, body.rewards)
+    if applied:  # a retry is answered again but counted once
+        request.app.state.rewards_total.inc(sum(len(g) for g in body.rewards))
+    return answer
+
+
+@rounds.post(
+    "/v1/runs/{run_id}/plans/{plan_id}/abandon",
+    response_model=m.Plan,
+)
+async def abandon(run_id: RunId, plan_id: str, store: Store) -> m.Plan:
+    """Close an open plan without results (e.g. after a trainer crash)."""
+    return await store.abandon(run_id, plan_id)
+
+
+@rounds.post(
+    "/v1/runs/{run_id}/steps/{step}/complete",
+    response_model=m.StepCompleteResponse,
+)
+async def complete_step(run_id: RunId, step: int, store: Store) -> m.StepCompleteResponse:
+    """After the optimiser step: expire old buffer entries and move to the next step."""
+    return await store.complete_step(run_id, step)
+
+
+@rounds.post(
+    "/v1/runs/{run_id}/epoch/complete",
+    response_model=m.EpochCompleteResponse,
+)
+async def complete_epoch(run_id: RunId, store: Store) -> m.EpochCompleteResponse:
+    """End the epoch now: apply pending evictions, flush the buffer, reshuffle."""
+    return await store.complete_epoch(run_id)
+
+
+@prompts.get("/v1/runs/{run_id}/prompts/{prompt_id}", response_model=m.PromptStatsOut)
+async def prompt(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+    return await store.prompt(run_id, prompt_id)
+
+
+@prompts.post(
+    "/v1/runs/{run_id}/prompts/{prompt_id}/evict",
+    response_model=m.PromptStatsOut,
+)
+async def evict(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+    return await store.set_evicted(run_id, prompt_id, True)
+
+
+@prompts.post(
+    "/v1/runs/{run_id}/prompts/{prompt_id}/restore",
+    response_model=m.PromptStatsOut,
+)
+async def restore(run_id: RunId, prompt_id: int, store: Store) -> m.PromptStatsOut:
+    return await store.set_evicted(run_id, prompt_id, False)
+
+
+@prompts.post(
+    "/v1/runs/{run_id}/prompts/{prompt_id}/evidence",
+    response_model=m.EvidenceResponse,
+)
+async def evidence(
+    run_id: RunId, prompt_id: int, body: m.EvidenceRequest, store: Store
+) -> m.EvidenceResponse:
+    """Fold rewards observed outside the run's plans (e.g. an evaluation) into the
+    prompt's statistics; the strategy may restore an evicted prompt. Idempotent by
+    `evidence_id`."""
+    return await store.add_evidence(run_id, prompt_id, body)
