@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from services.allocator import models as am
 from services.allocator.client import AllocatorClient
 from services.common.rewards import rewards_constant
@@ -43,6 +45,7 @@ from services.verifier.models import ScoreItem, ScoreResult, Task
 from trainer import run_checkpoint
 from trainer.algos import clustered_mean_stderr
 from trainer.config import TrainerConfig
+from trainer.generation.checkpoint import Weights
 from trainer.generation.landing import LandingProbe, LandingReport
 from trainer.generation.weight_sync import ServersUnreachable, WeightSync
 from trainer.logbook import Logbook
@@ -128,6 +131,9 @@ class Trainer:
         self.step = 0
         self.weight_version = 0
         self.wall_s = 0.0
+        # Servers that got a whole push from this process and every push since: they hold
+        # the frozen parameters, so the next push may send the trained ones alone.
+        self.in_sync: set[str] = set()
 
 
 # ---- the run ----
@@ -305,6 +311,7 @@ async def generate(t: Trainer, requests: list[GenerationRequest]) -> list[Comple
         if not stale:
             return completions
         t.log.note(f"stale weights on {sorted(stale)}; pushing version {t.weight_version + 1}")
+        t.in_sync -= stale  # they get the whole model
         t.counts.stale_repushes += 1
         await push_weights(t)
     raise RuntimeError("generation servers keep answering with stale weights")
@@ -325,6 +332,7 @@ async def admit_servers(t: Trainer) -> None:
     if not held:
         return
     t.log.note(f"{held} serve another weight version; pushing version {t.weight_version} first")
+    t.in_sync -= set(held)  # restarted or back from down: the whole model
     await update_servers(t, held)
 
 
@@ -433,16 +441,29 @@ async def update_servers(t: Trainer, urls: list[str]) -> list[LandingReport]:
     reached = list(urls)
     model = t.policy.weights_for_push()  # several ranks: the gathered full state dict
     try:
-        await t.services.weights.push(model, t.weight_version, urls)
+        await t.services.weights.push(push_payload(t, model, urls), t.weight_version, urls)
     except ServersUnreachable as exc:
         t.log.note(f"weight push: {exc}; marked down until they answer again")
         for url in exc.urls:
             gen.mark_down(url)
         reached = [url for url in urls if url not in exc.urls]
+    t.in_sync = (t.in_sync - set(urls)) | set(reached)
     gen.mark_current(reached)
     if t.services.landing is None or not reached:
         return []
     return await t.services.landing.check(model, reached, t.weight_version, t.step)
+
+
+def push_payload(t: Trainer, model: torch.nn.Module, urls: list[str]) -> Weights:
+    """What a push to `urls` sends: the trained parameters alone when layers are frozen
+    (`[model] train_top_layers`), the weight sync accepts a subset, and every target is in
+    sync (holds this process's frozen parameters); else the whole model. A server new to
+    this process, restarted, back from down or caught serving stale weights gets the
+    whole model, and the landing check then verifies every push."""
+    trained = t.policy.trainable
+    if trained is None or not t.services.weights.partial or not set(urls) <= t.in_sync:
+        return model
+    return {name: tensor for name, tensor in model.state_dict().items() if name in trained}
 
 
 def count_fields(t: Trainer) -> dict[str, int]:

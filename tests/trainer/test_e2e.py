@@ -7,10 +7,12 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
+from safetensors import safe_open
 
 from services.allocator.keys import RunKeys
 from services.common.http import ServiceUnavailable
@@ -143,6 +145,44 @@ def test_resume_takes_the_same_next_step(assets: Path, stack: StackUrls, tmp_pat
     # allocation.jsonl holds each step's rounds once: the dead attempt's rows are gone
     tables = [(tmp_path / x / "allocation.jsonl").read_text() for x in ("a", "b")]
     assert tables[1] == tables[0]
+
+
+def test_frozen_layers_are_pushed_once_then_the_trained_ones_alone(
+    assets: Path, stack: StackUrls, tmp_path: Path
+) -> None:
+    """With `train_top_layers`, the first push of a run sends the whole model and each
+    push after a step only the trained parameters (the top layer and the final norm of
+    2 layers here); the landing check, which scores with the whole model, passes at every
+    push, so the server's frozen layers are the trainer's."""
+    config = make_config(
+        assets, STRATEGIES["pilot_commit"], run={"steps": 3, "run_id": "partial-push"},
+        model={"train_top_layers": 1},
+    )  # fmt: skip
+    rows = run(config, tmp_path / "p", stack)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)
+    newest = sorted((tmp_path / "p" / "weights").glob("step-*"))[-1]
+    with safe_open(str(newest / "model.safetensors"), "pt") as pushed:
+        names = set(pushed.keys())
+    assert names and all(n.startswith("model.layers.1.") or n == "model.norm.weight" for n in names)
+
+
+def test_a_push_sends_the_trained_parameters_only_to_servers_in_sync() -> None:
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)})
+    t = SimpleNamespace(
+        policy=SimpleNamespace(trainable={"b.weight", "b.bias"}),
+        services=SimpleNamespace(weights=SimpleNamespace(partial=True)),
+        in_sync={"http://s0", "http://s1"},
+    )
+    payload = loop.push_payload(t, model, ["http://s0", "http://s1"])  # type: ignore[arg-type]
+    assert isinstance(payload, dict) and set(payload) == {"b.weight", "b.bias"}
+    # a server not in sync (new, restarted, back from down, stale) gets the whole model
+    assert loop.push_payload(t, model, ["http://s0", "http://s2"]) is model  # type: ignore[arg-type]
+    t.services.weights.partial = False  # NCCL, SGLang: whole pushes only
+    assert loop.push_payload(t, model, ["http://s0"]) is model  # type: ignore[arg-type]
+    t.services.weights.partial, t.policy.trainable = True, None  # nothing frozen
+    assert loop.push_payload(t, model, ["http://s0"]) is model  # type: ignore[arg-type]
 
 
 def _data(config: TrainerConfig) -> Dataset:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.generation.client import GenerationClient, GenerationRequest, SamplingParams
@@ -225,6 +226,26 @@ def test_pilot_commit_trains_against_vllm(
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 3]
     versions = httpx.get(f"{vllm_server.url}/weight_info").json()["weight_version"]
     assert versions == str(4)  # the initial push + one per step
+
+
+def test_only_the_trained_layers_are_pushed_to_vllm(
+    vllm_server: VLLMServer, vllm_assets: Path, tmp_path: Path
+) -> None:
+    """`train_top_layers = 1`: after the first (whole) push, each push's directory holds
+    the top layer and the final norm alone, and vLLM's in-place reload keeps its other
+    layers: the landing check, scoring with the whole model, passes at every push."""
+    config = vllm_config(vllm_assets, vllm_server.url, run_id="vllm-partial")
+    model = config.model.model_copy(update={"train_top_layers": 1})
+    rows = run_with_vllm(config.model_copy(update={"model": model}), tmp_path)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert all(r["landing_max_abs"] < 1e-3 for r in train_rows)
+    top = json.loads((vllm_assets / "model" / "config.json").read_text())["num_hidden_layers"] - 1
+    newest = sorted((tmp_path / "weights").glob("step-*"))[-1]
+    with safe_open(str(newest / "model.safetensors"), "pt") as pushed:
+        names = set(pushed.keys())
+    assert names and all(n.startswith(f"model.layers.{top}.") or n == "model.norm.weight"
+                         for n in names), sorted(names)  # fmt: skip
 
 
 def test_vllm_killed_mid_run_is_restarted_and_the_run_completes(

@@ -64,7 +64,15 @@ class ServersUnreachable(ServiceUnavailable):
 
 
 class WeightSync(Protocol):
-    """What the trainer calls after an optimiser step."""
+    """What the trainer calls after an optimiser step.
+
+    `partial`: whether `push` may be given a subset of the parameters (a Mapping), the
+    servers keeping the others as they are. The trainer then sends only the parameters it
+    trains (`[model] train_top_layers`) to servers already holding the rest
+    (trainer/loop.py `update_servers`).
+    """
+
+    partial: bool
 
     async def push(self, weights: Weights, version: int, urls: Sequence[str] | None = None) -> None:
         """Make every server (of `urls`, default all) serve `weights`, reporting `version`;
@@ -147,6 +155,12 @@ class _HttpAdapter:
 class VLLMReloadSync(_HttpAdapter):
     """vLLM's in-place reload from a safetensors directory, over its dev-mode HTTP routes.
 
+    Partial pushes are allowed: vLLM 0.32's in-place reload (`model_loader/reload/
+    inplace.py`, `layerwise.py`) puts back the current tensors of every layer the
+    directory does not hold (logging "Failed to load weights" for each such layer and
+    "Following weights were not loaded"), and the embedded server copies only the
+    tensors it is given.
+
     Per push: write `weights_dir/step-<version>/`, then per server `POST /pause?mode=...`,
     `POST /collective_rpc {"method": "reload_weights", "kwargs": {"weights_path": DIR}}`,
     `POST /update_weight_version {"new_version"}` and `POST /resume` (also after a failure).
@@ -159,6 +173,8 @@ class VLLMReloadSync(_HttpAdapter):
     Control calls are sent once: a 5xx from a weight-update route is not retried (a retry
     cannot fix it and, on vLLM, can kill the engine), only transport errors are.
     """
+
+    partial = True
 
     def __init__(
         self,
@@ -253,6 +269,8 @@ class _Paused:
 class VLLMNcclSync(_HttpAdapter):
     """vLLM 0.32's NCCL weight transfer, driven by vLLM's own trainer-side engine.
 
+    Whole pushes only: vLLM's engine streams every parameter of the module it is given.
+
     The server needs `--weight-transfer-config '{"backend": "nccl"}'` and the dev routes.
     One NCCL group per server (vLLM's trainer engine puts the trainer at rank 0 and one
     server's workers after it): `WeightTransferTrainerFactory.trainer_init` with an
@@ -263,6 +281,8 @@ class VLLMNcclSync(_HttpAdapter):
     NOT run here: NCCL needs GPUs; the handshake is tested against vLLM's own engine code
     with the NCCL calls replaced (tests/vllm/test_nccl_adapter.py).
     """
+
+    partial = False
 
     def __init__(
         self,
@@ -323,11 +343,14 @@ class VLLMNcclSync(_HttpAdapter):
 
 
 class SGLangDiskSync(_HttpAdapter):
-    """SGLang's `POST /update_weights_from_disk` with a full model directory.
+    """SGLang's `POST /update_weights_from_disk` with a full model directory (whole pushes
+    only).
 
     SGLang reloads a model directory (config included), so pass `model_files_from` (the
     base model directory) unless `push` gets a transformers model, whose config is saved.
     """
+
+    partial = False
 
     def __init__(
         self,
